@@ -1,0 +1,119 @@
+"""``bnnrepro <command> ...``: train and eval are Hydra apps; the rest are argparse commands.
+
+  bnnrepro train [+paper=bnn] [scale=quick] [key=value ...] [-m ...]   train (Hydra overrides, multirun)
+  bnnrepro train resume=<run dir>                                     continue an interrupted run
+  bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test] [data.root=...]
+  bnnrepro pack | compare | bench ...                                 bit-packed inference (see --help)
+"""
+from __future__ import annotations
+
+import sys
+
+from omegaconf import DictConfig
+
+COMMANDS = {
+    "train": "train a model (Hydra overrides; -m for multirun; resume=<run dir> to continue)",
+    "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [engine=packed] [split=test]",
+    "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> -o model.bnn",
+    "compare": "run torch and the packed engine layer by layer, name the first layer that differs",
+    "bench": "benchmark packed binary kernels against torch float32 (--quick, --json FILE)",
+}
+
+
+def _usage() -> str:
+    lines = ["usage: bnnrepro <command> [args]", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "examples:", "  bnnrepro train +paper=bnn scale=quick",
+              "  bnnrepro train -m +paper=bnn scale=smoke seed=0,1,2",
+              "  bnnrepro train resume=runs/<run dir>", "  bnnrepro eval runs/<run dir>",
+              "", "configs: conf/ (groups data, model, optim, scale, logger; presets +paper=, +experiment=)"]
+    return "\n".join(lines)
+
+
+def _hydra_main(task_function, argv: list[str], prog: str) -> int:
+    """Run ``task_function(cfg)`` as a Hydra app over ``argv`` (overrides, -m, --cfg job, ...)."""
+    import hydra
+
+    from .config import register_configs
+
+    register_configs()
+    main = hydra.main(config_path="pkg://bnnrepro.conf", config_name="config", version_base="1.3")(
+        task_function)
+    saved = sys.argv
+    sys.argv = [prog] + argv
+    try:
+        main()
+    finally:
+        sys.argv = saved
+    return 0
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors caused by the input (config, data, paths): shown as one clear line, no traceback."""
+    from .config import ConfigError
+    from .data import DataError
+    from .train import CheckpointError, TrainingDiverged
+
+    return (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError,
+            FileExistsError, PermissionError, ValueError)
+
+
+def _fail(err: BaseException) -> None:
+    print(f"bnnrepro: error: {err}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _train_task(cfg: DictConfig) -> None:
+    from .train import fit
+
+    try:
+        run_dir = fit(cfg)
+    except user_errors() as err:
+        _fail(err)
+    print(f"run: {run_dir}")
+
+
+def cmd_train(argv: list[str]) -> int:
+    return _hydra_main(_train_task, argv, "bnnrepro train")
+
+
+def cmd_eval(argv: list[str]) -> int:
+    from .evaluate import main as eval_main
+
+    return eval_main(argv)
+
+
+def _kernel_command(name: str):
+    def run(argv: list[str]) -> int:
+        from .kernels import commands
+
+        return getattr(commands, f"{name}_main")(argv)
+
+    return run
+
+
+HANDLERS = {"train": cmd_train, "eval": cmd_eval, "pack": _kernel_command("pack"),
+            "compare": _kernel_command("compare"), "bench": _kernel_command("bench")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("--version", "-V"):
+        from . import __version__
+
+        print(f"bnnrepro {__version__}")
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in HANDLERS:
+        print(f"bnnrepro: unknown command {command!r}; allowed: {', '.join(HANDLERS)}\n\n{_usage()}",
+              file=sys.stderr)
+        return 2
+    try:
+        return HANDLERS[command](rest) or 0
+    except KeyboardInterrupt:
+        print("\ninterrupted; a run resumes from its last epoch: bnnrepro train resume=<run dir>",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,224 @@
+"""Typed configuration: structured-config dataclasses (Hydra's schema) and validation.
+
+The dataclasses give every field a type (Hydra rejects ``train.epochs=abc`` itself); :func:`validate`
+checks names against the registries and numbers against their ranges, and raises
+:class:`ConfigError` naming the field and what is allowed. It runs before any data is loaded.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the field and the allowed values."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "mnist"
+    root: Optional[str] = None          # null: env BNNREPRO_DATA, else the per-user cache
+    download: str = "auto"              # auto | true | false
+    val_size: Optional[int] = None      # null: the paper's split (MNIST: last 10k of train)
+    preprocessing: str = "scale"        # scale (pixels to [-1, 1]) | gcn | zca
+    train_subset: Optional[int] = None  # keep the first N training examples
+    use_extra: bool = False             # SVHN: append extra_32x32.mat to train
+    image_size: Optional[int] = None    # ImageNet resize/crop
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [4096, 4096, 4096])
+    channels: list[int] = field(default_factory=lambda: [128, 128, 256, 256, 512, 512])
+    fc: list[int] = field(default_factory=lambda: [1024, 1024])
+    width_mult: float = 1.0
+    dropout_in: float = 0.0
+    dropout_hidden: float = 0.0
+    bias: bool = False
+    init: str = "auto"                  # auto | uniform1 | glorot | torch
+    batchnorm: str = "standard"         # standard | shift
+    bn_eps: float = 1e-4
+    bn_momentum: float = 0.1
+    variant: Optional[str] = None       # model-specific variant (e.g. DoReFa SVHN A-D)
+
+
+@dataclass
+class QuantConfig:
+    weight: str = "sign"
+    w_bits: Optional[int] = None        # null: the quantizer's own width
+    weight_kwargs: dict[str, Any] = field(default_factory=dict)
+    activation: str = "sign"
+    a_bits: Optional[int] = None
+    activation_kwargs: dict[str, Any] = field(default_factory=dict)
+    gradient: str = "identity"
+    g_bits: Optional[int] = None
+    first_weight: Optional[str] = None  # override for the first layer's weights (e.g. identity)
+    last_weight: Optional[str] = None   # override for the last layer's weights
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"                  # adam | adamax | shift_adamax | sgd
+    lr: float = 3e-3
+    lr_final: Optional[float] = 3e-7    # exponential schedule: lr decays to lr_final over the run
+    schedule: str = "exponential"       # exponential | step | constant
+    step_epochs: int = 20               # step schedule: multiply by gamma every step_epochs
+    gamma: float = 0.5
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9               # sgd
+    weight_decay: float = 0.0
+    lr_scale: str = "glorot"            # glorot | glorot_pow2 | none  (binary-weight layers only)
+    clip_latent: bool = True            # clip latent weights of binary layers to [-1, 1] after each step
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 1000
+    batch_size: int = 100
+    eval_batch_size: int = 1000
+    loss: str = "squared_hinge"         # squared_hinge | cross_entropy
+    num_threads: Optional[int] = None   # torch intra-op threads; null: torch's default
+    progress: bool = True
+    deterministic: bool = True
+
+
+@dataclass
+class ScaleConfig:
+    name: str = "paper"
+    epochs: Optional[int] = None        # cap on train.epochs (null: the preset's)
+    width_mult: float = 1.0             # multiplies model.width_mult
+    train_subset: Optional[int] = None  # cap on the training examples
+    description: str = "the paper's protocol"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "local"                 # local | wandb
+    project: str = "bnnrepro"
+    mode: Optional[str] = None          # wandb mode; null: online with an API key, else offline
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    paper: Optional[str] = None
+    experiment: Optional[str] = None
+    runs_dir: str = "runs"
+    run_name: Optional[str] = None
+    resume: Optional[str] = None
+    device: str = "cpu"                 # cpu | cuda | auto
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    quant: QuantConfig = field(default_factory=QuantConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="base_config", node=Config)
+
+
+CHOICES = {
+    "data.download": ("auto", "true", "false"),
+    "data.preprocessing": ("scale", "gcn", "zca"),
+    "model.init": ("auto", "uniform1", "glorot", "torch"),
+    "model.batchnorm": ("standard", "shift"),
+    "optim.name": ("adam", "adamax", "shift_adamax", "sgd"),
+    "optim.schedule": ("exponential", "step", "constant"),
+    "optim.lr_scale": ("glorot", "glorot_pow2", "none"),
+    "train.loss": ("squared_hinge", "cross_entropy"),
+    "device": ("cpu", "cuda", "auto"),
+    "logger.name": ("local", "wandb"),
+}
+
+
+def _get(cfg, dotted: str):
+    return OmegaConf.select(cfg, dotted)
+
+
+def _choice(cfg, dotted: str, allowed) -> None:
+    value = _get(cfg, dotted)
+    if isinstance(value, bool) and dotted == "data.download":
+        return
+    if str(value) not in allowed:
+        raise ConfigError(f"{dotted}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
+def _positive(cfg, dotted: str, allow_none: bool = False) -> None:
+    value = _get(cfg, dotted)
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ConfigError(f"{dotted}={value!r} must be a positive number")
+
+
+def _fraction(cfg, dotted: str) -> None:
+    value = _get(cfg, dotted)
+    if not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"{dotted}={value!r} must be in [0, 1)")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check every name and range; raise ConfigError naming the field. Loads no data."""
+    from . import data, models, quant
+
+    if cfg.data.name not in data.names():
+        raise ConfigError(f"data.name={cfg.data.name!r} is unknown; allowed: {', '.join(data.names())}")
+    if cfg.model.name not in models.names():
+        raise ConfigError(f"model.name={cfg.model.name!r} is unknown; allowed: {', '.join(models.names())}")
+    for dotted, allowed in CHOICES.items():
+        _choice(cfg, dotted, allowed)
+    for kind, bits_field in (("weight", "w_bits"), ("activation", "a_bits"), ("gradient", "g_bits")):
+        name = cfg.quant[kind]
+        if name not in quant.names():
+            raise ConfigError(f"quant.{kind}={name!r} is unknown; allowed: {', '.join(quant.names())}")
+        try:
+            quant.check_bits(name, cfg.quant[bits_field], field=f"quant.{bits_field}")
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+    for kind in ("first_weight", "last_weight"):
+        name = cfg.quant[kind]
+        if name is not None and name not in quant.names():
+            raise ConfigError(f"quant.{kind}={name!r} is unknown; allowed: {', '.join(quant.names())}")
+    for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr",
+                   "model.width_mult", "scale.width_mult", "model.bn_eps", "optim.step_epochs"):
+        _positive(cfg, dotted)
+    for dotted in ("scale.epochs", "scale.train_subset", "data.train_subset", "optim.lr_final",
+                   "train.num_threads"):
+        _positive(cfg, dotted, allow_none=True)
+    for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
+        if not isinstance(_get(cfg, dotted), int):
+            raise ConfigError(f"{dotted}={_get(cfg, dotted)!r} must be a positive integer")
+    for dotted in ("model.dropout_in", "model.dropout_hidden", "model.bn_momentum"):
+        _fraction(cfg, dotted)
+    if cfg.data.val_size is not None and cfg.data.val_size < 0:
+        raise ConfigError(f"data.val_size={cfg.data.val_size} must be >= 0")
+    if not 0.0 < cfg.optim.gamma <= 1.0:
+        raise ConfigError(f"optim.gamma={cfg.optim.gamma} must be in (0, 1]")
+    for i, width in enumerate(list(cfg.model.hidden) + list(cfg.model.channels) + list(cfg.model.fc)):
+        if width <= 0:
+            raise ConfigError(f"model widths must be positive, got {width}")
+    _check_model_kwargs(cfg)
+    if cfg.logger.name == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("logger.name=wandb needs the wandb package: pip install 'bnnrepro[wandb]'")
+
+
+def _check_model_kwargs(cfg) -> None:
+    """Model-specific fields (e.g. variant) are checked by building nothing: only the signature."""
+    from . import models
+
+    params = inspect.signature(models.MODELS[cfg.model.name]).parameters
+    if cfg.model.variant is not None and "variant" not in params:
+        raise ConfigError(f"model.variant={cfg.model.variant!r} is not used by model {cfg.model.name!r}")

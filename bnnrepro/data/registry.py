@@ -1,0 +1,81 @@
+"""The dataset registry: what each dataset is, where its files are, and its paper split."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from . import cifar, imagenet, mnist, svhn
+from .archives import Download
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    num_classes: int
+    input_shape: tuple[int, int, int]   # (C, H, W) as stored; ImageNet: at the default image_size
+    default_val_size: int               # taken from the END of the official train split
+    val_note: str                       # where the default comes from
+    # (root, download, *, root_source, use_extra, image_size) -> located files, md5-checked
+    locate: Callable[..., Any]
+    # located -> {"train": (x, y), "test": (x, y)[, "extra": (x, y)]}
+    read: Callable[[Any], dict]
+    layout: str                         # where the files go under the root (torchvision's layout)
+    supports_extra: bool = False
+
+
+def _mnist(fashion: bool) -> Callable[..., Any]:
+    def locate(root: Path, download: Download, *, root_source: str = "", **_: Any):
+        return mnist.locate(root, download, fashion=fashion, root_source=root_source)
+    return locate
+
+
+def _cifar(root: Path, download: Download, *, root_source: str = "", **_: Any):
+    return cifar.locate(root, download, root_source=root_source)
+
+
+def _svhn(root: Path, download: Download, *, root_source: str = "", use_extra: bool = False, **_: Any):
+    return svhn.locate(root, download, use_extra=use_extra, root_source=root_source)
+
+
+def _imagenet(root: Path, download: Download, *, root_source: str = "", image_size: int | None = None, **_: Any):
+    return imagenet.locate(root, image_size or imagenet.DEFAULT_IMAGE_SIZE, root_source=root_source)
+
+
+def _imagenet_read(located: dict) -> dict:
+    return {k: located[k] for k in ("train", "test")}
+
+
+DATASETS: dict[str, DatasetSpec] = {
+    "mnist": DatasetSpec(
+        "mnist", 10, (1, 28, 28), 10_000, "BNN Theano mnist.py: train 0-50k, validation 50k-60k",
+        _mnist(False), mnist.read, "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"),
+    "fashion_mnist": DatasetSpec(
+        "fashion_mnist", 10, (1, 28, 28), 10_000, "as MNIST: train 0-50k, validation 50k-60k",
+        _mnist(True), mnist.read,
+        "<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], "
+        f"or Debian's {mnist.DEBIAN_FASHION_DIR}/*.gz"),
+    "cifar10": DatasetSpec(
+        "cifar10", 10, (3, 32, 32), 5_000, "BNN Theano cifar10.py: 45k train / last 5k validation",
+        _cifar, cifar.read, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch} or <root>/cifar-10-python.tar.gz"),
+    "svhn": DatasetSpec(
+        "svhn", 10, (3, 32, 32), 6_000,
+        "last 6,000 of train_32x32.mat (pylearn2's 'valid', which BNN Theano used, is 400/class from "
+        "train + 200/class from extra; with use_extra, extra is appended to the training part only)",
+        _svhn, svhn.read, "<root>/{train,test,extra}_32x32.mat", supports_extra=True),
+    "imagenet": DatasetSpec(
+        "imagenet", 1000, (3, imagenet.DEFAULT_IMAGE_SIZE, imagenet.DEFAULT_IMAGE_SIZE), 0,
+        "none: the official val folder is the test split", _imagenet, _imagenet_read,
+        "<root>/imagenet/{train,val}/<class dir>/<image>"),
+}
+
+
+def names() -> list[str]:
+    return sorted(DATASETS)
+
+
+def get(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise ValueError(f"dataset {name!r} is unknown; allowed: {', '.join(names())}") from None

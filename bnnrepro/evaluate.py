@@ -1,0 +1,63 @@
+"""``bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test|val] [which=best|last]
+[data.root=DIR] [batch_size=N]``: the error of a trained model on a split, with torch or packed."""
+from __future__ import annotations
+
+import sys
+import time
+
+OPTIONS = {"engine": ("torch", "packed"), "split": ("test", "val", "train"), "which": ("best", "last")}
+
+
+def parse(argv: list[str]) -> tuple[str, dict]:
+    if not argv or argv[0].startswith("-"):
+        raise ValueError("usage: bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test|val] "
+                         "[which=best|last] [data.root=DIR] [batch_size=N]")
+    target, opts = argv[0], {"engine": "torch", "split": "test", "which": "best", "data.root": None,
+                             "batch_size": 1000}
+    for arg in argv[1:]:
+        key, sep, value = arg.partition("=")
+        if not sep or key not in opts:
+            raise ValueError(f"eval: unknown option {arg!r}; allowed: {', '.join(k + '=' for k in opts)}")
+        if key in OPTIONS and value not in OPTIONS[key]:
+            raise ValueError(f"eval: {key}={value!r} is not allowed; allowed: {', '.join(OPTIONS[key])}")
+        opts[key] = int(value) if key == "batch_size" else value
+    return target, opts
+
+
+def run(target: str, opts: dict) -> dict:
+    import torch
+
+    from . import data as datasets
+    from .train.batches import evaluate
+    from .train.checkpoint import load_model
+
+    model, cfg = load_model(target, which=opts["which"])
+    root = opts["data.root"] or cfg.data.root
+    splits = datasets.load(cfg.data.name, root, download=cfg.data.download, val_size=cfg.data.val_size,
+                           preprocessing=cfg.data.preprocessing, use_extra=False,
+                           image_size=cfg.data.image_size)
+    x, y = getattr(splits, f"{opts['split']}_x"), getattr(splits, f"{opts['split']}_y")
+    t0 = time.perf_counter()
+    if opts["engine"] == "packed":
+        from .kernels.commands import predict_packed
+
+        pred = torch.as_tensor(predict_packed(model, x)).reshape(-1)
+        error = 100.0 * float((pred != y).float().mean())
+    else:
+        error = evaluate(model, x, y, splits.preprocess, opts["batch_size"])["error"]
+    return {"error": error, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0, **opts,
+            "dataset": cfg.data.name}
+
+
+def main(argv: list[str]) -> int:
+    from .cli import user_errors
+
+    try:
+        target, opts = parse(argv)
+        result = run(target, opts)
+    except user_errors() as err:
+        print(f"bnnrepro: error: {err}", file=sys.stderr)
+        return 2
+    print(f"{result['dataset']} {result['split']} error {result['error']:.2f}% on {result['n']} images "
+          f"({result['engine']} engine, {result['seconds']:.2f} s)")
+    return 0

@@ -1,0 +1,31 @@
+"""Model registry. Every model is an ``nn.Sequential`` of plain, inspectable stages
+(Flatten, Dropout, QuantLinear/QuantConv2d, BatchNorm, MaxPool2d, activation quantizer), so that
+the packed engine and the bit-aware summary can walk it layer by layer."""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch.nn as nn
+
+from .alexnet import binary_alexnet, dorefa_alexnet
+from .bnn_convnet import bnn_convnet
+from .dorefa_svhn import dorefa_svhn
+from .lstm_lm import lstm_lm
+from .mlp import mlp
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp, "bnn_convnet": bnn_convnet, "dorefa_svhn": dorefa_svhn, "dorefa_alexnet": dorefa_alexnet,
+    "binary_alexnet": binary_alexnet, "lstm_lm": lstm_lm,  # lstm_lm is not Sequential: (T, B) tokens in
+}
+
+
+def names() -> list[str]:
+    return sorted(MODELS)
+
+
+def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    try:
+        factory = MODELS[name]
+    except KeyError:
+        raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(names())}") from None
+    return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)

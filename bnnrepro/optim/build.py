@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from ..nn import QuantLayer
+
+
+def _pow2(x: float) -> float:
+    return 2.0 ** round(math.log2(x))
+
+
+def param_groups(model: nn.Module, lr: float, lr_scale: str) -> list[dict]:
+    """One group per binary-weight layer's weight (lr times its Glorot scale), one for the rest.
+
+    BNN scales the step of binary weights only (Theano ``W_LR_scale="Glorot"``); ``glorot_pow2``
+    rounds the scale to a power of two as BNN's Torch7 code does.
+    """
+    groups, scaled = [], set()
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLayer) and module.clips_latent_weights and lr_scale != "none":
+            scale = module.glorot_lr_scale()
+            if lr_scale == "glorot_pow2":
+                scale = _pow2(scale)
+            groups.append({"params": [module.weight], "lr": lr * scale, "lr_scale": scale, "name": name})
+            scaled.add(id(module.weight))
+    rest = [p for p in model.parameters() if id(p) not in scaled]
+    if rest:
+        groups.append({"params": rest, "lr": lr, "lr_scale": 1.0, "name": "rest"})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.lr, cfg.lr_scale)
+    if cfg.name == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                weight_decay=cfg.weight_decay)
+    if cfg.name == "adamax":
+        return torch.optim.Adamax(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
+                                  weight_decay=cfg.weight_decay)
+    if cfg.name == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    if cfg.name == "shift_adamax":
+        from .shift_adamax import ShiftAdaMax
+
+        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+    raise ValueError(f"optim.name={cfg.name!r} is unknown; allowed: adam, adamax, shift_adamax, sgd")
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
+    """Stepped once per epoch. ``exponential`` decays lr to ``lr_final`` over ``epochs`` epochs
+    (Theano BNN: ``LR_decay = (LR_fin/LR_start)**(1/epochs)``)."""
+    if cfg.schedule == "exponential":
+        gamma = (cfg.lr_final / cfg.lr) ** (1.0 / epochs) if cfg.lr_final else 1.0
+        return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.gamma)
+    if cfg.schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+    raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, constant")
+
+
+class LatentWeightClipper:
+    """After each step, clip latent weights of layers whose weight quantizer asks for it to [-1, 1]."""
+
+    def __init__(self, model: nn.Module, enabled: bool = True):
+        self.weights = [m.weight for m in model.modules()
+                        if isinstance(m, QuantLayer) and m.clips_latent_weights] if enabled else []
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for w in self.weights:
+            w.clamp_(-1.0, 1.0)

@@ -1,0 +1,176 @@
+"""QNN quantizers (Hubara et al. 2016, papers.md §b.3): k-bit linear and logarithmic quantization,
+AP2, quantized gradients and BNN's bit-plane first layer.
+
+QNN extends BNN: k = 1 is BNN's sign (deterministic, or hard-sigmoid stochastic), the gradient is
+the straight-through estimator cancelled outside the clipping window (hard-tanh), and latent weights
+are clipped to [-1, 1] like BNN's. The paper's exact grid and [minV, maxV] are [U]; the choices made
+here are documented on each class.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .binary import Quantizer, _SteSign
+from .dorefa import DoReFaGradient
+from .registry import register
+
+
+def ap2(x: torch.Tensor) -> torch.Tensor:
+    """Nearest power of two, rounded in the log domain: sign(x) * 2**round(log2|x|); AP2(0) = 0."""
+    return torch.sign(x) * torch.exp2(torch.round(torch.log2(x.abs())))
+
+
+class Ste(torch.autograd.Function):
+    """Forward ``fn(x)``; backward passes the gradient where ``lo <= x <= hi`` (everywhere if None).
+
+    ``fn`` runs inside forward, so whatever it computes from ``x`` (a scale, a max) carries no
+    gradient, and the output is exactly ``fn(x)`` (no ``x + (q - x).detach()`` rounding error).
+    """
+
+    @staticmethod
+    def forward(ctx, x, fn, lo, hi):
+        ctx.window = (lo, hi)
+        if lo is not None:
+            ctx.save_for_backward(x)
+        return fn(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        lo, hi = ctx.window
+        if lo is None:
+            return grad, None, None, None
+        (x,) = ctx.saved_tensors
+        return grad * ((x >= lo) & (x <= hi)).to(grad.dtype), None, None, None
+
+
+def ste(x: torch.Tensor, fn, clip: float | None = None) -> torch.Tensor:
+    """``fn(x)`` with the straight-through gradient, cancelled where |x| > clip (None: never)."""
+    return Ste.apply(x, fn, None if clip is None else -clip, clip)
+
+
+@register("qnn_linear")
+class QnnLinear(Quantizer):
+    """QNN LinearQuant: a k-bit two's-complement fixed-point grid.
+
+    ``q = clip(round(x * 2**(k-1)) / 2**(k-1), minV, maxV)``, i.e. step ``2**-(k-1)`` (the step of
+    papers.md's second transcription) and ``[minV, maxV] = [-1, 1 - 2**-(k-1)]``: exactly the 2**k
+    values of a signed k-bit integer with k-1 fraction bits. [U] choices, documented:
+
+    * the same grid serves weights and activations: both live in BNN's hard-tanh range [-1, 1]
+      (latent weights are clipped there, activations follow BN + hard-tanh), so one signed grid
+      covers both and k = 1 reduces to BNN exactly;
+    * ``k = 1`` is BNN's sign (values +-1, sign(0) = +1; stochastic = hard-sigmoid Bernoulli), not
+      the degenerate 1-bit two's-complement grid {-1, 0};
+    * ``scale`` (default 1) stretches the grid to ``scale * [minV, maxV]``; keep it a power of two
+      and the values stay fixed-point (a shift). Used for LSTM weights, whose natural range is far
+      below 1 (``models.lstm_lm``);
+    * ``stochastic=True`` rounds ``floor(x * 2**(k-1) + U[0, 1))`` (unbiased) while training and
+      deterministically in eval, as BNN's stochastic sign does;
+    * gradient: straight-through, cancelled where |x| > ``clip * scale`` (hard-tanh window, clip 1);
+    * ``k = 32`` passes x through unchanged.
+    """
+
+    clips_latent_weights = True
+
+    def __init__(self, bits: int = 2, stochastic: bool = False, scale: float = 1.0,
+                 clip: float | None = 1.0, eval_stochastic: bool = False):
+        super().__init__()
+        self.precision = bits
+        self.stochastic = stochastic
+        self.eval_stochastic = eval_stochastic
+        self.scale = float(scale)
+        self.clip = clip
+        self.generator: torch.Generator | None = None
+
+    def extra_repr(self) -> str:
+        return f"precision={self.precision}, stochastic={self.stochastic}, scale={self.scale}"
+
+    def forward(self, x):
+        if self.precision == 32:
+            return x
+        stochastic = self.stochastic and (self.training or self.eval_stochastic)
+        window = None if self.clip is None else self.clip * self.scale
+        if self.precision == 1:
+            return _SteSign.apply(x / self.scale, self.clip, stochastic, self.generator) * self.scale
+        levels = 2.0 ** (self.precision - 1)
+
+        def quantize(v):
+            v = v / self.scale * levels
+            if stochastic:
+                v = torch.floor(v + torch.rand(v.shape, generator=self.generator, device=v.device,
+                                               dtype=v.dtype))
+            else:
+                v = torch.round(v)
+            return v.clamp(-levels, levels - 1) / levels * self.scale + 0.0  # + 0.0: no -0.0
+
+        return ste(x, quantize, window)
+
+
+@register("qnn_log")
+class QnnLog(Quantizer):
+    """QNN LogQuant: ``clip(AP2(x), minV, maxV)``, power-of-two values (multiplications become shifts).
+
+    [U] choices, documented: k bits = 1 sign bit + k-1 exponent bits, so ``2**(k-1)`` magnitudes
+    ``2**0, 2**-1, ..., 2**-(2**(k-1) - 1)`` (times ``scale``); magnitudes are clipped into that
+    range (no zero code: x = 0 maps to +smallest, sign(0) = +1), giving exactly 2**k values, and
+    k = 1 is ``scale * sign(x)``. Rounding is in the log domain, as AP2 (§a.3). Gradient:
+    straight-through, cancelled where |x| > ``clip * scale``. ``k = 32`` passes x through.
+    """
+
+    clips_latent_weights = True
+
+    def __init__(self, bits: int = 4, scale: float = 1.0, clip: float | None = 1.0):
+        super().__init__()
+        self.precision = bits
+        self.scale = float(scale)
+        self.clip = clip
+
+    def forward(self, x):
+        if self.precision == 32:
+            return x
+        lowest = -(2.0 ** (self.precision - 1) - 1)
+
+        def quantize(v):
+            exponent = torch.round(torch.log2(v.abs() / self.scale)).clamp(lowest, 0.0)
+            sign = torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v))
+            return sign * torch.exp2(exponent) * self.scale
+
+        return ste(x, quantize, None if self.clip is None else self.clip * self.scale)
+
+
+@register("qnn_gradient")
+class QnnGradient(DoReFaGradient):
+    """QNN's quantized gradients (6 bits in the paper). The paper's exact rule is [U]; this is the
+    DoReFa form papers.md §b.3 names: stochastic, max-normalised ``2M[quantize_k(g/2M + 1/2 + N) - 1/2]``,
+    applied to the gradient at a layer's output (identity forward). Default 6 bits."""
+
+    def __init__(self, bits: int = 6, per_example: bool = True):
+        super().__init__(bits=bits, per_example=per_example)
+
+
+def bitplanes(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """The bit planes of an unsigned integer tensor, least significant first: shape (bits, *x.shape)."""
+    if x.dtype.is_floating_point:
+        raise TypeError(f"bitplanes needs an integer tensor (uint8 pixels), got {x.dtype}")
+    shifts = torch.arange(bits, device=x.device).view(-1, *([1] * x.dim()))
+    return (x.to(torch.int32).unsqueeze(0) >> shifts) & 1
+
+
+def bitplane_linear(x: torch.Tensor, weight: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """BNN's exact first layer for 8-bit inputs: ``s = sum_n 2**(n-1) (x^n . w_b)``, x^n the n-th
+    bit plane. Equal to ``F.linear(x.float(), weight)``; each term is a binary (bitwise) product."""
+    planes = bitplanes(x, bits).to(weight.dtype)
+    out = torch.zeros((), dtype=weight.dtype, device=weight.device)
+    for n in range(bits):
+        out = out + 2.0 ** n * F.linear(planes[n], weight)
+    return out
+
+
+def bitplane_conv2d(x: torch.Tensor, weight: torch.Tensor, bits: int = 8, **conv_kwargs) -> torch.Tensor:
+    """Convolutional form of :func:`bitplane_linear` (``conv_kwargs``: stride, padding, ...)."""
+    planes = bitplanes(x, bits).to(weight.dtype)
+    out = torch.zeros((), dtype=weight.dtype, device=weight.device)
+    for n in range(bits):
+        out = out + 2.0 ** n * F.conv2d(planes[n], weight, **conv_kwargs)
+    return out

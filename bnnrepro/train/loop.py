@@ -1,0 +1,235 @@
+"""The training loop: epochs, BNN's best-validation protocol, checkpoint/resume, summary.json last."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from .. import data as datasets
+from ..config import ConfigError, validate
+from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
+from . import checkpoint, rundir
+from .batches import batches, epoch_order, evaluate, num_batches
+from .factory import (build_loss, build_model, effective_epochs, effective_train_subset,
+                      effective_width_mult)
+from .loggers import build_logger
+
+SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device='cuda' but no CUDA device is available; allowed here: cpu, auto")
+    return torch.device(name)
+
+
+def _seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.backends.cudnn.benchmark = False
+
+
+def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConfig:
+    path = run_dir / CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={run_dir}: no {CONFIG} there; is it a bnnrepro run directory?")
+    cfg = OmegaConf.load(path)
+    if overrides is not None and overrides.get("data", {}).get("root"):
+        cfg.data.root = overrides.data.root  # the data may live elsewhere on the resuming machine
+    return cfg
+
+
+def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
+    """Lines of finished epochs only: a crash after the metrics line but before the checkpoint
+    leaves one extra line, which the resumed epoch rewrites."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["epoch"] <= epochs_done]
+
+
+def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
+    """Validate, resolve resume, create or reopen the run directory. Loads no data."""
+    resume_state = None
+    if cfg.get("resume"):
+        run_dir = Path(cfg.resume).expanduser()
+        if not run_dir.is_dir():
+            raise FileNotFoundError(f"resume={cfg.resume}: no such run directory")
+        cfg = _load_resume_config(run_dir, cfg)
+        validate(cfg)
+        if (run_dir / SUMMARY).is_file() and json.loads((run_dir / SUMMARY).read_text()).get(
+                "status") == "completed":
+            return cfg, run_dir, {"completed": True}
+        last = run_dir / checkpoint.LAST
+        resume_state = checkpoint.load(last) if last.is_file() else None
+        return cfg, run_dir, resume_state
+    validate(cfg)
+    root = rundir.runs_root(cfg.runs_dir)
+    rundir.check_writable(root)
+    run_dir = rundir.create(root, cfg.run_name, rundir.default_name(cfg))
+    OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
+    return cfg, run_dir, None
+
+
+def fit(cfg: DictConfig) -> Path:
+    """Train per ``cfg``; returns the run directory. ``cfg.resume`` continues an interrupted run."""
+    cfg, run_dir, state = prepare(cfg)
+    if state and state.get("completed"):
+        print(f"run {run_dir} is already completed; nothing to do", file=sys.stderr)
+        return run_dir
+    t_start = time.time()
+    if cfg.train.num_threads:
+        torch.set_num_threads(int(cfg.train.num_threads))
+    device = _device(cfg.device)
+    _seed_everything(int(cfg.seed), cfg.train.deterministic)
+    epochs = effective_epochs(cfg)
+
+    splits = datasets.load(cfg.data.name, cfg.data.root, download=cfg.data.download,
+                           val_size=cfg.data.val_size, preprocessing=cfg.data.preprocessing,
+                           train_subset=effective_train_subset(cfg), use_extra=cfg.data.use_extra,
+                           image_size=cfg.data.image_size)
+    model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
+    loss_fn = build_loss(cfg.train.loss)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, epochs)
+    clip = LatentWeightClipper(model, cfg.optim.clip_latent)
+    train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
+
+    start_epoch, best, wall_before = 0, {"val_error": math.inf, "test_error": None, "epoch": 0}, 0.0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        start_epoch, best, wall_before = state["epoch"], dict(state["best"]), state["wall_time_s"]
+        print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+    history = _read_metrics(run_dir / METRICS, start_epoch)
+    with open(run_dir / METRICS, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+
+    logger = build_logger(cfg, run_dir)
+    _print_header(cfg, run_dir, splits, model, epochs, device)
+    n_train = train_x.shape[0]
+    steps = num_batches(n_train, cfg.train.batch_size)
+    for epoch in range(start_epoch + 1, epochs + 1):
+        t0 = time.time()
+        model.train()
+        order = epoch_order(n_train, int(cfg.seed), epoch).to(device)
+        loss_sum, seen = 0.0, 0
+        bar = tqdm(batches(train_x, train_y, cfg.train.batch_size, splits.preprocess, order, device),
+                   total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5,
+                   disable=not cfg.train.progress, file=sys.stderr)
+        for step, (xb, yb) in enumerate(bar, 1):
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch}, step {step}; the last good "
+                                       f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            clip()
+            loss_sum += float(loss.detach()) * yb.shape[0]
+            seen += yb.shape[0]
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        train_time = time.time() - t0
+        lr = optimizer.param_groups[-1]["lr"]
+        scheduler.step()
+        val = evaluate(model, splits.val_x, splits.val_y, splits.preprocess, cfg.train.eval_batch_size,
+                       loss_fn, device)
+        test = evaluate(model, splits.test_x, splits.test_y, splits.preprocess, cfg.train.eval_batch_size,
+                        loss_fn, device)
+        # BNN protocol: the test error reported is the one at the epoch of best validation error
+        # (ties go to the later epoch, as in the Theano code's `<=`); no validation set: last epoch.
+        improved = not (val["error"] > best["val_error"])
+        if improved:
+            best = {"val_error": val["error"], "test_error": test["error"], "epoch": epoch}
+        row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "val_error": val["error"],
+               "val_loss": val["loss"], "test_error": test["error"], "test_loss": test["loss"],
+               "best_val_error": best["val_error"], "best_test_error": best["test_error"],
+               "epoch_time_s": time.time() - t0, "train_time_s": train_time,
+               "images_per_s": seen / train_time}
+        with open(run_dir / METRICS, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        logger.log(row)
+        history.append(row)
+        wall = wall_before + time.time() - t_start
+        if improved:
+            checkpoint.save(run_dir / checkpoint.BEST, _state(cfg, splits, model, epoch, best, wall))
+        checkpoint.save(run_dir / checkpoint.LAST, _state(cfg, splits, model, epoch, best, wall,
+                                                         optimizer, scheduler, device))
+        print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
+              f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
+              f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
+
+    summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
+    checkpoint.atomic_write_json(run_dir / SUMMARY, summary)
+    logger.finish(summary)
+    print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
+          f"final {summary['final_test_error']:.2f}%, {summary['wall_time_s']:.0f} s", file=sys.stderr)
+    return run_dir
+
+
+def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None) -> dict:
+    state = {"epoch": epoch, "best": best, "wall_time_s": wall,
+             "config": OmegaConf.to_container(cfg, resolve=True),
+             "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
+             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    if optimizer is not None:
+        state["optimizer"] = optimizer.state_dict()
+        state["scheduler"] = scheduler.state_dict()
+        state["rng"] = {"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+    return state
+
+
+def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
+    last = history[-1]
+    return {
+        "status": "completed",
+        "test_error": best["test_error"], "best_val_error": best["val_error"], "best_epoch": best["epoch"],
+        "final_test_error": last["test_error"], "final_val_error": last["val_error"],
+        "epochs_done": last["epoch"], "epochs": epochs, "wall_time_s": wall,
+        "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
+        "images_per_s": float(np.mean([r["images_per_s"] for r in history])),
+        "dataset": cfg.data.name, "model": cfg.model.name,
+        "quantizer": {"weight": cfg.quant.weight, "w_bits": cfg.quant.w_bits,
+                      "activation": cfg.quant.activation, "a_bits": cfg.quant.a_bits,
+                      "gradient": cfg.quant.gradient, "g_bits": cfg.quant.g_bits},
+        "scale": cfg.scale.name, "width_mult": effective_width_mult(cfg),
+        "train_examples": int(splits.train_x.shape[0]), "seed": int(cfg.seed),
+        "paper": cfg.paper, "experiment": cfg.experiment,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "code_version": rundir.code_version(), "environment": rundir.environment(),
+        "data": splits.info,
+    }
+
+
+def _print_header(cfg, run_dir, splits, model, epochs, device) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"bnnrepro train: {cfg.experiment or cfg.paper or cfg.model.name} on {cfg.data.name} "
+          f"[scale={cfg.scale.name}: {cfg.scale.description}]\n"
+          f"  model {cfg.model.name} ({n_params:,} params, width x{effective_width_mult(cfg):g}), "
+          f"weights {cfg.quant.weight}, activations {cfg.quant.activation}; {epochs} epochs, "
+          f"batch {cfg.train.batch_size}, {splits.train_x.shape[0]} train / {splits.val_x.shape[0]} val / "
+          f"{splits.test_x.shape[0]} test; device {device}, {torch.get_num_threads()} threads\n"
+          f"  run dir {run_dir}", file=sys.stderr)

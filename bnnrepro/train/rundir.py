@@ -1,0 +1,74 @@
+"""Run directories: one per run, created exclusively so concurrent runs never share one."""
+from __future__ import annotations
+
+import os
+import platform
+import secrets
+import subprocess
+import time
+from pathlib import Path
+
+import torch
+
+from .. import __version__
+
+RUNS_ENV = "BNNREPRO_RUNS"
+
+
+def runs_root(configured: str) -> Path:
+    """env BNNREPRO_RUNS wins over the config's ``runs_dir`` (default ``runs``)."""
+    return Path(os.environ.get(RUNS_ENV) or configured).expanduser()
+
+
+def check_writable(root: Path) -> None:
+    """Fail before any training when the runs root cannot take a run directory."""
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = root / f".write-test-{os.getpid()}-{secrets.token_hex(3)}"
+        probe.write_bytes(b"x")
+        probe.unlink()
+    except OSError as err:
+        raise PermissionError(f"runs directory {root} is not writable ({err.strerror}); "
+                              f"set runs_dir=... or env {RUNS_ENV} to a writable folder") from None
+
+
+def default_name(cfg) -> str:
+    label = cfg.experiment or cfg.paper or f"{cfg.model.name}-{cfg.data.name}"
+    return f"{label}-{cfg.scale.name}-s{cfg.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def create(root: Path, name: str | None, label: str) -> Path:
+    """Make a fresh run directory; a taken name gets a random suffix (``os.mkdir`` is atomic)."""
+    base = name or label
+    for attempt in range(100):
+        path = root / (base if attempt == 0 and name else f"{base}-{secrets.token_hex(2)}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            if name:
+                raise FileExistsError(f"run directory {path} exists; resume it with resume={path} "
+                                      "or choose another run_name") from None
+    raise RuntimeError(f"could not create a unique run directory under {root}")
+
+
+def code_version() -> dict:
+    """Package version, git commit and whether the work tree had uncommitted changes."""
+    info = {"package": __version__, "git_commit": None, "git_dirty": None}
+    src = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=src, capture_output=True, text=True,
+                                timeout=5)
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=src,
+                                   capture_output=True, text=True, timeout=5)
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "torch": torch.__version__, "host": platform.node(),
+            "threads": torch.get_num_threads(), "platform": platform.platform()}

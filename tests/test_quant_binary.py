@@ -1,0 +1,85 @@
+"""BNN quantizers: values and straight-through gradients against hand-computed numbers."""
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bnnrepro import quant
+
+X = torch.tensor([-2.0, -1.0, -0.5, 0.0, 0.3, 1.0, 1.5])
+
+
+def test_registry_has_bnn_names_with_precision():
+    for name, bits in (("identity", 32), ("sign", 1), ("stochastic_sign", 1)):
+        q = quant.build(name)
+        assert isinstance(q, torch.nn.Module)
+        assert q.precision == bits
+
+
+def test_unknown_name_lists_allowed():
+    with pytest.raises(ValueError, match=r"unknown quantizer 'sgn'.*allowed:.*sign"):
+        quant.build("sgn")
+
+
+def test_bad_bits_named():
+    with pytest.raises(ValueError, match=r"bits=2 is not valid for quantizer 'sign'; allowed: 1"):
+        quant.build("sign", bits=2)
+    quant.build("sign", bits=1)  # its own width is accepted
+
+
+def test_sign_values_zero_is_plus_one():
+    out = quant.build("sign")(X)
+    assert out.tolist() == [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0, 1.0]
+
+
+def test_sign_ste_cancels_outside_unit_interval():
+    x = X.clone().requires_grad_(True)
+    quant.build("sign")(x).backward(torch.arange(1.0, 8.0))
+    # gradient passes where |x| <= 1 (the hard-tanh derivative), is zero at -2 and 1.5
+    assert x.grad.tolist() == [0.0, 2.0, 3.0, 4.0, 5.0, 6.0, 0.0]
+
+
+def test_sign_without_clip_is_identity_ste():
+    x = X.clone().requires_grad_(True)
+    quant.build("sign", clip=None)(x).sum().backward()
+    assert x.grad.tolist() == [1.0] * 7
+
+
+def test_identity_passes_values_and_gradients():
+    x = X.clone().requires_grad_(True)
+    q = quant.build("identity")
+    assert torch.equal(q(x), X)
+    q(x).sum().backward()
+    assert x.grad.tolist() == [1.0] * 7
+
+
+def test_stochastic_sign_probability_is_hard_sigmoid():
+    torch.manual_seed(0)
+    q = quant.build("stochastic_sign").train()
+    x = torch.tensor([-1.5, -0.5, 0.0, 0.5, 1.5]).repeat(20000, 1)
+    p_plus = (q(x) > 0).float().mean(0)
+    expected = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert torch.allclose(p_plus, expected, atol=0.015)
+    assert set(q(x).unique().tolist()) <= {-1.0, 1.0}
+
+
+def test_stochastic_sign_is_deterministic_in_eval():
+    q = quant.build("stochastic_sign").eval()
+    assert q(X).tolist() == quant.build("sign")(X).tolist()
+
+
+def test_stochastic_sign_gradient_is_ste_with_cancellation():
+    x = X.clone().requires_grad_(True)
+    quant.build("stochastic_sign").train()(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=64))
+def test_sign_properties(values):
+    x = torch.tensor(values, dtype=torch.float32)
+    q = quant.build("sign")
+    y = q(x)
+    assert set(y.unique().tolist()) <= {-1.0, 1.0}  # at most 2^1 levels
+    assert torch.equal(q(y), y)  # idempotent
+    assert torch.equal(y > 0, x >= 0)

@@ -1,0 +1,147 @@
+"""Shift-based BatchNorm and shift-based AdaMax (BNN Algorithms 3 and 4, Torch7 code)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from bnnrepro.nn import ShiftBatchNorm
+from bnnrepro.optim import ShiftAdaMax, param_groups
+from bnnrepro.quant import ap2
+
+
+def hand_bn():
+    bn = ShiftBatchNorm(2)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([3.0, -0.3]))  # AP2: 4, -1/4
+        bn.bias.copy_(torch.tensor([0.25, 1.0]))
+    x = torch.tensor([[1.0, 0.0], [3.0, 0.0], [5.0, 2.0], [7.0, 2.0]], requires_grad=True)
+    return bn, x
+
+
+def test_forward_hand_values():
+    bn, x = hand_bn()
+    y = bn(x)
+    # channel 0: C = -3,-1,1,3; AP2(C) = -4,-1,1,4; var = mean(12,1,1,12) = 6.5; AP2(6.5^-1/2 = 0.39) = 1/2
+    # channel 1: C = -1,-1,1,1; var = 1; AP2((1 + 1e-5)^-1/2) = 1
+    expected = torch.tensor([[4 * -1.5 + 0.25, -0.25 * -1 + 1], [4 * -0.5 + 0.25, 1.25],
+                             [4 * 0.5 + 0.25, 0.75], [4 * 1.5 + 0.25, 0.75]])
+    assert torch.equal(y, expected)
+    # running stats: Torch7 momentum 0.125 on the mean and on the (unrounded) inverse std
+    assert torch.allclose(bn.running_mean, torch.tensor([0.5, 0.125]))
+    invstd = torch.tensor([6.5, 1.0]).add(1e-5).rsqrt()
+    assert torch.allclose(bn.running_invstd, 0.875 + 0.125 * invstd)
+
+
+def test_backward_is_torch7s():
+    bn, x = hand_bn()
+    g = torch.tensor([[0.3, -1.0], [2.0, 0.5], [-0.7, 0.25], [1.1, -2.0]])
+    bn(x).backward(g)
+    c = x.detach() - x.detach().mean(0)
+    ca = ap2(c)
+    s = torch.tensor([0.5, 1.0])
+    gamma = torch.tensor([4.0, -0.25])
+    expected = (g - g.mean(0) - ca * s**2 * (ca * g).mean(0)) * s * gamma
+    assert torch.allclose(x.grad, expected)
+    assert torch.allclose(bn.weight.grad, (ap2(c * s) * g).sum(0))
+    assert torch.allclose(bn.bias.grad, g.sum(0))
+
+
+def test_eval_uses_running_stats():
+    bn, x = hand_bn()
+    bn(x)
+    bn.eval()
+    z = torch.randn(5, 2)
+    expected = (z - bn.running_mean) * ap2(bn.running_invstd) * ap2(bn.weight.detach()) + bn.bias.detach()
+    assert torch.allclose(bn(z), expected)
+    scale, shift = bn.scale_shift()
+    assert torch.allclose(z * scale + shift, expected)
+
+
+def test_fresh_layer_is_identity_in_eval():
+    bn = ShiftBatchNorm(3).eval()
+    z = torch.randn(4, 3)
+    assert torch.equal(bn(z), z)
+
+
+@pytest.mark.parametrize("shape", [(8, 3), (8, 3, 5), (8, 3, 4, 4)])
+def test_shapes(shape):
+    bn = ShiftBatchNorm(3)
+    x = torch.randn(shape, requires_grad=True)
+    y = bn(x)
+    y.square().sum().backward()
+    assert y.shape == shape and x.grad.shape == shape
+    with pytest.raises(ValueError):
+        bn(torch.randn(8, 4))
+
+
+def test_close_to_plain_bn():
+    torch.manual_seed(0)
+    x = torch.randn(64, 8, 4, 4) * 3 + 2
+    y_shift = ShiftBatchNorm(8)(x)
+    y_plain = nn.BatchNorm2d(8, eps=1e-5)(x)
+    # per channel the two differ by one factor: var is within 2^+-1/2 (AP2 of C), and AP2 of the
+    # inverse std adds another 2^+-1/2, so the ratio is in [2^-3/4, 2^3/4]
+    dims = (0, 2, 3)
+    ratio = (y_shift * y_plain).sum(dims) / y_plain.square().sum(dims)
+    assert torch.allclose(y_shift, ratio.view(1, -1, 1, 1) * y_plain, atol=1e-4)
+    assert ratio.min() >= 2**-0.75 and ratio.max() <= 2**0.75
+    assert torch.corrcoef(torch.stack([y_shift.flatten(), y_plain.flatten()]))[0, 1] > 0.99
+
+
+def test_batch_stats_in_eval_without_running_stats():
+    bn = ShiftBatchNorm(2, track_running_stats=False).eval()
+    _, x = hand_bn()
+    assert torch.allclose(bn(x).mean(0), torch.zeros(2))
+
+
+# ------------------------------------------------------------------ shift-based AdaMax
+
+def test_adamax_first_step_hand_values():
+    p = nn.Parameter(torch.tensor([0.5, -0.5, 0.1], dtype=torch.float64))
+    opt = ShiftAdaMax([p], lr=2**-6)
+    p.grad = torch.tensor([0.3, -0.02, 0.0], dtype=torch.float64)
+    opt.step()
+    # m = 0.1 g; u = |g| + 2^-27 -> AP2 = 1/4, 2^-6, 2^-27; step = AP2(2^-6 / 0.1 = 0.156) = 1/8
+    expected = torch.tensor([0.5 - 0.125 * 0.03 / 0.25, -0.5 + 0.125 * 0.002 / 2**-6, 0.1], dtype=torch.float64)
+    assert torch.allclose(p.detach(), expected)
+
+
+def test_adamax_updates_are_m_times_powers_of_two():
+    torch.manual_seed(0)
+    p = nn.Parameter(torch.randn(50, dtype=torch.float64))
+    opt = ShiftAdaMax([p], lr=2**-6)
+    for _ in range(5):
+        before = p.detach().clone()
+        p.grad = torch.randn(50, dtype=torch.float64)
+        opt.step()
+        m = opt.state[p]["exp_avg"]
+        factor = torch.log2((before - p.detach()) / m)
+        assert torch.allclose(factor, factor.round(), atol=1e-6)
+        # the factor is AP2(lr / bias correction) / AP2(u)
+        t = opt.state[p]["step"]
+        step = 2.0 ** round(math.log2(2**-6 / (1 - 0.9**t)))
+        assert torch.allclose(2**factor, step / ap2(opt.state[p]["exp_inf"]))
+
+
+def test_adamax_honours_group_lr():
+    a = nn.Parameter(torch.zeros(4))
+    b = nn.Parameter(torch.zeros(4))
+    opt = ShiftAdaMax([{"params": [a], "lr": 2**-6}, {"params": [b], "lr": 2**-4}])
+    g = torch.tensor([0.3, -1.0, 0.01, 2.0])
+    a.grad, b.grad = g.clone(), g.clone()
+    opt.step()
+    assert torch.equal(b.detach(), 4 * a.detach())
+    assert (a.detach() * g < 0).all()
+
+
+def test_adamax_with_glorot_param_groups():
+    from bnnrepro.models import build
+
+    model = build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=(8,))
+    opt = ShiftAdaMax(param_groups(model, 2**-6, "glorot_pow2"))
+    model(torch.randn(5, 1, 4, 4)).square().sum().backward()
+    opt.step()
+    assert all(math.log2(g["lr"]).is_integer() for g in opt.param_groups)
