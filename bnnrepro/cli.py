@@ -17,12 +17,15 @@ COMMANDS = {
     "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> -o model.bnn",
     "compare": "run torch and the packed engine layer by layer, name the first layer that differs",
     "bench": "benchmark packed binary kernels against torch float32 (--quick, --json FILE)",
+    "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive --runs <dir> ...",
+    "table": "paper-vs-reproduced tables from finished runs: bnnrepro table <paper>",
+    "summary": "bit-aware model summary: bnnrepro summary <preset|run>",
 }
 
 
 def _usage() -> str:
     lines = ["usage: bnnrepro <command> [args]", "", "commands:"]
-    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += [f"  {name:<10} {text}" for name, text in COMMANDS.items()]
     lines += ["", "examples:", "  bnnrepro train +paper=bnn scale=quick",
               "  bnnrepro train -m +paper=bnn scale=smoke seed=0,1,2",
               "  bnnrepro train resume=runs/<run dir>", "  bnnrepro eval runs/<run dir>",
@@ -70,30 +73,51 @@ def _train_task(cfg: DictConfig) -> None:
         run_dir = fit(cfg)
     except user_errors() as err:
         _fail(err)
+    _record_in_sweep(run_dir)
     print(f"run: {run_dir}")
+
+
+def _record_in_sweep(run_dir) -> None:
+    """In a multirun, append the run directory to ``<sweep dir>/runs.txt`` (one short O_APPEND write
+    per job, so parallel jobs do not clobber each other)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    from pathlib import Path
+
+    sweep = Path(HydraConfig.get().sweep.dir)
+    sweep.mkdir(parents=True, exist_ok=True)
+    with open(sweep / "runs.txt", "a") as f:
+        f.write(f"{Path(run_dir).resolve()}\n")
 
 
 def cmd_train(argv: list[str]) -> int:
     return _hydra_main(_train_task, argv, "bnnrepro train")
 
 
-def cmd_eval(argv: list[str]) -> int:
-    from .evaluate import main as eval_main
-
-    return eval_main(argv)
-
-
-def _kernel_command(name: str):
+def _lazy(target: str):
+    """A handler that imports ``module:function`` only when its command runs (fast --help)."""
     def run(argv: list[str]) -> int:
-        from .kernels import commands
+        import importlib
 
-        return getattr(commands, f"{name}_main")(argv)
+        module, function = target.split(":")
+        return getattr(importlib.import_module(module), function)(argv)
 
     return run
 
 
-HANDLERS = {"train": cmd_train, "eval": cmd_eval, "pack": _kernel_command("pack"),
-            "compare": _kernel_command("compare"), "bench": _kernel_command("bench")}
+HANDLERS = {
+    "train": cmd_train,
+    "eval": _lazy("bnnrepro.evaluate:main"),
+    "pack": _lazy("bnnrepro.kernels.commands:pack_main"),
+    "compare": _lazy("bnnrepro.kernels.commands:compare_main"),
+    "bench": _lazy("bnnrepro.kernels.commands:bench_main"),
+    "robustness": _lazy("bnnrepro.robustness.commands:main"),
+    "table": _lazy("bnnrepro.report.commands:table_main"),
+    "summary": _lazy("bnnrepro.report.commands:summary_main"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class DataConfig:
     name: str = "mnist"
     root: Optional[str] = None          # null: env BNNREPRO_DATA, else the per-user cache
-    download: str = "auto"              # auto | true | false
+    download: Any = "auto"              # auto | true | false
     val_size: Optional[int] = None      # null: the paper's split (MNIST: last 10k of train)
     preprocessing: str = "scale"        # scale (pixels to [-1, 1]) | gcn | zca
     train_subset: Optional[int] = None  # keep the first N training examples
@@ -208,6 +208,11 @@ def validate(cfg: DictConfig) -> None:
         if width <= 0:
             raise ConfigError(f"model widths must be positive, got {width}")
     _check_model_kwargs(cfg)
+    if cfg.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("device='cuda' but no CUDA device is available here; allowed: cpu, auto")
     if cfg.logger.name == "wandb":
         import importlib.util
 

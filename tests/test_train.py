@@ -112,3 +112,17 @@ def test_interrupted_metrics_line_without_checkpoint_is_rewritten(mnist_root, ru
     assert len(rows) == 2
     fit(compose([f"resume={run}"]))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_multirun_makes_one_run_per_seed(mnist_root, runs_dir):
+    out = _cli(["train", "-m", *TINY, "scale.epochs=1", "scale.train_subset=500", f"data.root={mnist_root}",
+                "seed=0,1"])
+    assert out.returncode == 0, out.stderr
+    runs = [Path(line[5:]) for line in out.stdout.splitlines() if line.startswith("run: ")]
+    assert len(runs) == 2 and len(set(runs)) == 2
+    seeds = sorted(json.loads((r / "summary.json").read_text())["seed"] for r in runs)
+    assert seeds == [0, 1]
+    sweeps = list((runs_dir / "multirun").iterdir())
+    assert len(sweeps) == 1
+    listed = sorted((sweeps[0] / "runs.txt").read_text().split())
+    assert listed == sorted(str(r.resolve()) for r in runs)

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..config import ConfigError, validate
+from ..config import validate
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from . import checkpoint, rundir
 from .batches import batches, epoch_order, evaluate, num_batches
@@ -33,8 +33,6 @@ class TrainingDiverged(RuntimeError):
 def _device(name: str) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device='cuda' but no CUDA device is available; allowed here: cpu, auto")
     return torch.device(name)
 
 
@@ -83,6 +81,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
     validate(cfg)
     root = rundir.runs_root(cfg.runs_dir)
     rundir.check_writable(root)
+    # missing or corrupt archives fail here, before a run directory exists (md5s are cached)
+    datasets.check(cfg.data.name, cfg.data.root, download=cfg.data.download, use_extra=cfg.data.use_extra)
     run_dir = rundir.create(root, cfg.run_name, rundir.default_name(cfg))
     OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
     return cfg, run_dir, None

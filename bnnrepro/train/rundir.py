@@ -16,8 +16,8 @@ RUNS_ENV = "BNNREPRO_RUNS"
 
 
 def runs_root(configured: str) -> Path:
-    """env BNNREPRO_RUNS wins over the config's ``runs_dir`` (default ``runs``)."""
-    return Path(os.environ.get(RUNS_ENV) or configured).expanduser()
+    """The config's ``runs_dir``, which defaults to env BNNREPRO_RUNS, else ``runs``."""
+    return Path(configured).expanduser()
 
 
 def check_writable(root: Path) -> None:

@@ -1,0 +1,130 @@
+"""Bad input fails fast from the real CLI with a message naming the problem, and leaves no run that
+claims to be completed."""
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+TIMES: dict[str, float] = {}
+
+
+def _cli(args, env=None, cwd=None):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "bnnrepro", *args], capture_output=True, text=True,
+                         env={**os.environ, **(env or {})}, timeout=120, cwd=cwd)
+    TIMES[" ".join(args)] = time.perf_counter() - t0
+    return out
+
+
+def _completed_runs(root: Path) -> list[Path]:
+    return [p for p in root.rglob("summary.json") if json.loads(p.read_text()).get("status") == "completed"]
+
+
+CONFIG_CASES = [
+    (["data.name=cifar100"], "data.name='cifar100' is unknown; allowed:"),
+    (["model.name=resnet"], "model.name='resnet' is unknown; allowed:"),
+    (["quant.weight=sgn"], "quant.weight='sgn' is unknown; allowed:"),
+    (["quant.activation=tanh"], "quant.activation='tanh' is unknown; allowed:"),
+    (["optim.name=lamb"], "optim.name='lamb' is not allowed; allowed: adam"),
+    (["train.epochs=0"], "train.epochs=0 must be a positive"),
+    (["train.batch_size=-5"], "train.batch_size=-5 must be a positive"),
+    (["quant.w_bits=3"], "quant.w_bits=3 is not valid for quantizer 'sign'; allowed: 1"),
+    (["model.dropout_hidden=1.5"], "model.dropout_hidden=1.5 must be in [0, 1)"),
+    (["train.loss=hinge3"], "train.loss='hinge3' is not allowed"),
+    (["device=cuda"], "device='cuda'"),
+    (["train.epochs=abc"], "train.epochs"),            # Hydra's typed schema
+    (["data=nosuch"], "nosuch"),                       # unknown config group option
+    (["+paper=qnn9"], "qnn9"),                         # unknown preset
+]
+
+
+@pytest.mark.parametrize("overrides,message", CONFIG_CASES, ids=[c[0][0] for c in CONFIG_CASES])
+def test_bad_config_values(overrides, message, runs_dir):
+    if overrides == ["device=cuda"]:
+        import torch
+        if torch.cuda.is_available():
+            pytest.skip("a CUDA device is available")
+    out = _cli(["train", "+paper=bnn", "scale=smoke", *overrides])
+    assert out.returncode != 0
+    assert message in out.stderr + out.stdout
+    assert "Traceback" not in out.stderr or "train.epochs=abc" in " ".join(overrides)
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())  # no run directory was even created
+
+
+def test_missing_data_offline_lists_files(tmp_path, runs_dir):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _cli(["train", "+paper=bnn", "scale=smoke", f"data.root={empty}", "data.download=false"])
+    assert out.returncode == 2
+    for name in ("train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"):
+        assert name in out.stderr
+    assert str(empty / "MNIST" / "raw") in out.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
+
+
+def test_corrupt_archive_names_file_and_checksum(tmp_path, mnist_root, runs_dir):
+    root = tmp_path / "data"
+    shutil.copytree(mnist_root / "MNIST", root / "MNIST")
+    victim = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    raw = bytearray(victim.read_bytes())
+    raw[100] ^= 0xFF
+    victim.write_bytes(bytes(raw))
+    out = _cli(["train", "+paper=bnn", "scale=smoke", f"data.root={root}"])
+    assert out.returncode == 2
+    assert "t10k-labels-idx1-ubyte.gz" in out.stderr and "ec29112dd5afa0611ce80d1b7f02629c" in out.stderr
+    assert not _completed_runs(runs_dir) if runs_dir.exists() else True
+
+
+def test_unwritable_runs_dir(tmp_path, mnist_root):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    out = _cli(["train", "+paper=bnn", "scale=smoke", f"data.root={mnist_root}"],
+               env={"BNNREPRO_RUNS": str(blocker / "runs")})
+    assert out.returncode == 2
+    assert "is not writable" in out.stderr and str(blocker / "runs") in out.stderr
+
+
+def test_resume_of_missing_run(tmp_path, runs_dir):
+    out = _cli(["train", f"resume={tmp_path / 'nope'}"])
+    assert out.returncode == 2 and "no such run directory" in out.stderr
+
+
+def test_eval_of_dir_without_checkpoint(tmp_path):
+    out = _cli(["eval", str(tmp_path)])
+    assert out.returncode == 2 and "has no checkpoint" in out.stderr
+
+
+def test_eval_rejects_crafted_pickle(tmp_path):
+    """A checkpoint that would run code when unpickled is refused, and the code does not run."""
+    import pickle
+
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    bad = tmp_path / "evil.pt"
+    bad.write_bytes(pickle.dumps({"format": "bnnrepro.checkpoint", "x": Evil()}))
+    out = _cli(["eval", str(bad)])
+    assert out.returncode == 2 and "cannot be loaded safely" in out.stderr
+    assert not marker.exists()
+
+
+def test_unknown_command_and_eval_option(tmp_path):
+    out = _cli(["trian"])
+    assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
+    out = _cli(["eval", str(tmp_path), "engine=gpu"])
+    assert out.returncode == 2 and "engine='gpu' is not allowed; allowed: torch, packed" in out.stderr
+
+
+def teardown_module(module):
+    if TIMES:
+        worst = max(TIMES.values())
+        print(f"\nbad inputs: {len(TIMES)} CLI calls, slowest {worst:.2f} s")
