@@ -17,6 +17,7 @@ help:
 	@echo "make test    the default test suite (slow tests excluded)"
 	@echo "make test-all  every test, slow ones included"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
+	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,8 @@ test-all: setup
 
 bench: setup
 	$(BIN)/bnnrepro bench
+
+include scripts/tables.mk
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -13,13 +13,21 @@ PRESETS = [f"+paper={p.stem}" for p in sorted((CONF / "paper").glob("*.yaml"))] 
     f"+experiment={p.stem}" for p in sorted((CONF / "experiment").glob("*.yaml"))]
 
 
+# presets that compose but cannot train yet: validation must say why, before any data is loaded
+NOT_TRAINABLE = {"+experiment=qnn_ptb_lstm": "needs the language-model loop"}
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("scale", ["smoke", "quick", "paper"])
 def test_every_preset_composes_and_validates(preset, scale):
     cfg = compose([preset, f"scale={scale}"])
     assert cfg.scale.name == scale
     assert cfg.experiment and cfg.paper
-    validate(cfg)
+    if preset in NOT_TRAINABLE:
+        with pytest.raises(ConfigError, match=NOT_TRAINABLE[preset]):
+            validate(cfg)
+    else:
+        validate(cfg)
 
 
 def test_paper_bnn_is_the_theano_mnist_protocol():
@@ -42,7 +50,7 @@ def test_scale_shrinks_and_is_recorded():
 
 
 def test_float_baseline_by_identity_quantizer():
-    cfg = compose(["+paper=bnn", "quant.weight=identity", "quant.activation=identity"])
+    cfg = compose(["+paper=bnn", "quant.weight=identity", "quant.activation=htanh"])
     validate(cfg)
     model = build_model(cfg, (1, 28, 28), 10)
     assert not any(getattr(m, "binary_weights", False) for m in model.modules())

@@ -83,3 +83,14 @@ def test_sign_properties(values):
     assert set(y.unique().tolist()) <= {-1.0, 1.0}  # at most 2^1 levels
     assert torch.equal(q(y), y)  # idempotent
     assert torch.equal(y > 0, x >= 0)
+
+
+def test_htanh_is_the_float_activation_sign_binarizes():
+    x = X.clone().requires_grad_(True)
+    q = quant.build("htanh")
+    assert q.precision == 32
+    y = q(x)
+    assert torch.equal(y, torch.tensor([-1.0, -1.0, -0.5, 0.0, 0.3, 1.0, 1.0]))
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert torch.equal(quant.build("sign")(y), quant.build("sign")(X))

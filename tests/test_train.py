@@ -126,3 +126,42 @@ def test_multirun_makes_one_run_per_seed(mnist_root, runs_dir):
     assert len(sweeps) == 1
     listed = sorted((sweeps[0] / "runs.txt").read_text().split())
     assert listed == sorted(str(r.resolve()) for r in runs)
+
+
+def test_truncated_last_checkpoint_falls_back_to_previous(mnist_root, runs_dir, capsys):
+    common = TINY + ["scale.epochs=3", f"data.root={mnist_root}"]
+    full = fit(compose(common + ["run_name=a"]))
+    run = fit(compose(common + ["run_name=b"]))
+    (run / "summary.json").unlink()
+    last = run / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn write
+    fit(compose([f"resume={run}"]))
+    assert "last.pt cannot be loaded safely" in capsys.readouterr().err
+    a, b = (json.loads((r / "summary.json").read_text()) for r in (full, run))
+    assert (a["test_error"], a["final_test_error"], a["epochs_done"]) == (
+        b["test_error"], b["final_test_error"], b["epochs_done"])
+
+
+def test_nan_loss_stops_naming_epoch_and_step(mnist_root, runs_dir, monkeypatch):
+    from bnnrepro.train import TrainingDiverged
+    from bnnrepro.train import loop
+    from bnnrepro.train.factory import squared_hinge
+
+    calls = {"n": 0}
+
+    def poisoned(output, target):
+        loss = squared_hinge(output, target)
+        if not torch.is_grad_enabled():
+            return loss  # evaluation
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 20 else loss  # epoch 1 has 15 steps of 100
+
+    monkeypatch.setattr(loop, "build_loss", lambda name: poisoned)
+    cfg = compose(TINY + [f"data.root={mnist_root}", "run_name=nan"])
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, step 5"):
+        fit(cfg)
+    run = runs_dir / "nan"
+    assert checkpoint.load(run / "last.pt")["epoch"] == 1  # the last good checkpoint is kept
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+    fit(compose([f"resume={run}"]))  # a diverged run is finished: resuming is a no-op
+    assert json.loads((run / "summary.json").read_text())["status"] == "diverged"

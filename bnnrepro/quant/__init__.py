@@ -1,12 +1,12 @@
 """Quantizers as modules, registered by name: ``build('sign')``, ``build('stochastic_sign')``, ..."""
 from .registry import QUANTIZERS, VALID_BITS, allowed_bits, build, check_bits, get, names, register
-from .binary import Identity, Quantizer, Sign, StochasticSign, hard_sigmoid, sign_pm1
+from .binary import HardTanh, Identity, Quantizer, Sign, StochasticSign, hard_sigmoid, sign_pm1
 from .dorefa import DoReFaActivation, DoReFaGradient, DoReFaWeight, quantize_gradient, quantize_k
 from .qnn import QnnGradient, QnnLinear, QnnLog, ap2, bitplane_conv2d, bitplane_linear, bitplanes
 
 __all__ = [
     "QUANTIZERS", "VALID_BITS", "allowed_bits", "build", "check_bits", "get", "names", "register",
-    "Identity", "Quantizer", "Sign", "StochasticSign", "hard_sigmoid", "sign_pm1",
+    "HardTanh", "Identity", "Quantizer", "Sign", "StochasticSign", "hard_sigmoid", "sign_pm1",
     "DoReFaActivation", "DoReFaGradient", "DoReFaWeight", "quantize_gradient", "quantize_k",
     "QnnGradient", "QnnLinear", "QnnLog", "ap2", "bitplane_conv2d", "bitplane_linear", "bitplanes",
 ]

@@ -61,6 +61,18 @@ class Identity(Quantizer):
         return x
 
 
+@register("htanh", "hard_tanh")
+class HardTanh(Quantizer):
+    """Float hard-tanh clip(x, -1, 1): the real-valued activation that sign binarizes, so a float
+    baseline of a BNN uses it in place of ``sign`` (BNN's Torch7 code: HardTanh, then binarize)."""
+
+    precision = 32
+    allowed_bits = (32,)
+
+    def forward(self, x):
+        return torch.clamp(x, -1.0, 1.0)
+
+
 @register("sign", "ste_sign")
 class Sign(Quantizer):
     """Deterministic sign, STE gradient cancelled where |x| > clip (``clip=None``: plain identity STE)."""

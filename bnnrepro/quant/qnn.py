@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from .binary import Quantizer, _SteSign
-from .dorefa import DoReFaGradient
+from .dorefa import DoReFaGradient, window_grad
 from .registry import register
 
 
@@ -41,7 +41,7 @@ class Ste(torch.autograd.Function):
         if lo is None:
             return grad, None, None, None
         (x,) = ctx.saved_tensors
-        return grad * ((x >= lo) & (x <= hi)).to(grad.dtype), None, None, None
+        return window_grad(grad, x, lo, hi), None, None, None
 
 
 def ste(x: torch.Tensor, fn, clip: float | None = None) -> torch.Tensor:
@@ -96,13 +96,14 @@ class QnnLinear(Quantizer):
         levels = 2.0 ** (self.precision - 1)
 
         def quantize(v):
-            v = v / self.scale * levels
+            # (v / scale * levels), rounded, clamped, / levels * scale + 0.0 (no -0.0): the same
+            # float operations, in place on one buffer (v / 1.0 is v exactly, so it is skipped)
+            v = v / self.scale * levels if self.scale != 1.0 else v * levels
             if stochastic:
-                v = torch.floor(v + torch.rand(v.shape, generator=self.generator, device=v.device,
-                                               dtype=v.dtype))
+                v.add_(torch.rand(v.shape, generator=self.generator, device=v.device, dtype=v.dtype)).floor_()
             else:
-                v = torch.round(v)
-            return v.clamp(-levels, levels - 1) / levels * self.scale + 0.0  # + 0.0: no -0.0
+                v.round_()
+            return v.clamp_(-levels, levels - 1).div_(levels).mul_(self.scale).add_(0.0)
 
         return ste(x, quantize, window)
 
@@ -132,9 +133,13 @@ class QnnLog(Quantizer):
         lowest = -(2.0 ** (self.precision - 1) - 1)
 
         def quantize(v):
-            exponent = torch.round(torch.log2(v.abs() / self.scale)).clamp(lowest, 0.0)
-            sign = torch.where(v >= 0, torch.ones_like(v), -torch.ones_like(v))
-            return sign * torch.exp2(exponent) * self.scale
+            # sign(v) * 2**clamp(round(log2(|v| / scale))) * scale, sign(0) = +1, in place on one buffer
+            magnitude = v.abs()
+            if self.scale != 1.0:
+                magnitude.div_(self.scale)
+            magnitude.log2_().round_().clamp_(lowest, 0.0).exp2_().mul_(self.scale)
+            # copysign, not where(v >= 0, ...) (several times slower on CPU); v + 0.0: -0.0 -> +0.0
+            return magnitude.copysign_(v + 0.0)
 
         return ste(x, quantize, None if self.clip is None else self.clip * self.scale)
 

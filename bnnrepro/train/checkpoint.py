@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ import torch
 
 FORMAT = "bnnrepro.checkpoint"
 VERSION = 1
-LAST, BEST = "last.pt", "best.pt"
+LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 
 class CheckpointError(RuntimeError):
@@ -44,6 +45,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 def save(path: Path, state: dict) -> None:
     state = {"format": FORMAT, "version": VERSION, **state}
     atomic_write_bytes(path, lambda f: torch.save(state, f))
+
+
+def save_last(run_dir: Path, state: dict) -> None:
+    """Write ``last.pt``, keeping the one it replaces as ``previous.pt`` (a fallback on resume)."""
+    last = Path(run_dir) / LAST
+    if last.is_file():
+        os.replace(last, Path(run_dir) / PREVIOUS)
+    save(last, state)
+
+
+def load_resumable(run_dir: Path) -> dict | None:
+    """The newest loadable of ``last.pt`` and ``previous.pt``; None when neither exists.
+    A damaged ``last.pt`` is reported and skipped, never silently used."""
+    errors = []
+    for name in (LAST, PREVIOUS):
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        try:
+            return load(path)
+        except CheckpointError as err:
+            errors.append(str(err))
+            print(f"warning: {err}; falling back to the previous checkpoint", file=sys.stderr)
+    if errors:
+        raise CheckpointError(f"no loadable checkpoint in {run_dir}: " + "; ".join(errors))
+    return None
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict:

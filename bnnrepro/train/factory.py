@@ -18,6 +18,11 @@ def effective_epochs(cfg) -> int:
     return int(min(cfg.train.epochs, cfg.scale.epochs)) if cfg.scale.epochs else int(cfg.train.epochs)
 
 
+def schedule_epochs(cfg) -> int:
+    """The epochs the LR schedule is laid over: the paper's (truncate) or the run's (compress)."""
+    return int(cfg.train.epochs) if cfg.scale.schedule == "truncate" else effective_epochs(cfg)
+
+
 def effective_train_subset(cfg):
     limits = [n for n in (cfg.data.train_subset, cfg.scale.train_subset) if n]
     return min(limits) if limits else None
@@ -38,13 +43,12 @@ def model_kwargs(cfg) -> dict:
         first_weight_quant=q.first_weight, last_weight_quant=q.last_weight,
     )
     params = inspect.signature(models.MODELS[cfg.model.name]).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return kwargs
     unsupported = [k for k in ("batchnorm", "grad_quant") if k not in params
                    and kwargs[k] not in ("standard", "identity")]
     if unsupported:
         raise ValueError(f"model {cfg.model.name!r} does not support {', '.join(unsupported)}")
-    return {k: v for k, v in kwargs.items() if k in params}
+    # unset (None) fields fall back to the factory's own defaults, e.g. DoReFa's bits
+    return {k: v for k, v in kwargs.items() if k in params and v is not None}
 
 
 def build_model(cfg, input_shape, num_classes) -> nn.Module:

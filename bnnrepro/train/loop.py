@@ -15,12 +15,12 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..config import validate
+from ..config import Config, validate
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from . import checkpoint, rundir
 from .batches import batches, epoch_order, evaluate, num_batches
 from .factory import (build_loss, build_model, effective_epochs, effective_train_subset,
-                      effective_width_mult)
+                      effective_width_mult, schedule_epochs)
 from .loggers import build_logger
 
 SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
@@ -48,7 +48,8 @@ def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConf
     path = run_dir / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"resume={run_dir}: no {CONFIG} there; is it a bnnrepro run directory?")
-    cfg = OmegaConf.load(path)
+    # merged onto the schema so that fields added since the run started take their defaults
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
     if overrides is not None and overrides.get("data", {}).get("root"):
         cfg.data.root = overrides.data.root  # the data may live elsewhere on the resuming machine
     return cfg
@@ -63,21 +64,27 @@ def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
     return [r for r in rows if r["epoch"] <= epochs_done]
 
 
+def _finished_status(run_dir: Path) -> str | None:
+    """'completed' or 'diverged' when the run has ended for good (resuming it changes nothing)."""
+    try:
+        status = json.loads((run_dir / SUMMARY).read_text()).get("status")
+    except (OSError, ValueError):
+        return None
+    return status if status in ("completed", "diverged") else None
+
+
 def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
     """Validate, resolve resume, create or reopen the run directory. Loads no data."""
-    resume_state = None
     if cfg.get("resume"):
         run_dir = Path(cfg.resume).expanduser()
         if not run_dir.is_dir():
             raise FileNotFoundError(f"resume={cfg.resume}: no such run directory")
         cfg = _load_resume_config(run_dir, cfg)
         validate(cfg)
-        if (run_dir / SUMMARY).is_file() and json.loads((run_dir / SUMMARY).read_text()).get(
-                "status") == "completed":
-            return cfg, run_dir, {"completed": True}
-        last = run_dir / checkpoint.LAST
-        resume_state = checkpoint.load(last) if last.is_file() else None
-        return cfg, run_dir, resume_state
+        status = _finished_status(run_dir)
+        if status:
+            return cfg, run_dir, {"finished": status}
+        return cfg, run_dir, checkpoint.load_resumable(run_dir)
     validate(cfg)
     root = rundir.runs_root(cfg.runs_dir)
     rundir.check_writable(root)
@@ -91,8 +98,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
 def fit(cfg: DictConfig) -> Path:
     """Train per ``cfg``; returns the run directory. ``cfg.resume`` continues an interrupted run."""
     cfg, run_dir, state = prepare(cfg)
-    if state and state.get("completed"):
-        print(f"run {run_dir} is already completed; nothing to do", file=sys.stderr)
+    if state and state.get("finished"):
+        print(f"run {run_dir} is already {state['finished']}; nothing to do", file=sys.stderr)
         return run_dir
     t_start = time.time()
     if cfg.train.num_threads:
@@ -108,7 +115,7 @@ def fit(cfg: DictConfig) -> Path:
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
     loss_fn = build_loss(cfg.train.loss)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, epochs)
+    scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg))
     clip = LatentWeightClipper(model, cfg.optim.clip_latent)
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
 
@@ -141,8 +148,11 @@ def fit(cfg: DictConfig) -> Path:
         for step, (xb, yb) in enumerate(bar, 1):
             loss = loss_fn(model(xb), yb)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {float(loss)} at epoch {epoch}, step {step}; the last good "
-                                       f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
+                message = (f"loss is {float(loss)} at epoch {epoch}, step {step}; the last good checkpoint "
+                           f"(epoch {epoch - 1}) is kept in {run_dir}")
+                checkpoint.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
+                                                                 "epoch": epoch, "step": step})
+                raise TrainingDiverged(message)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -175,8 +185,8 @@ def fit(cfg: DictConfig) -> Path:
         wall = wall_before + time.time() - t_start
         if improved:
             checkpoint.save(run_dir / checkpoint.BEST, _state(cfg, splits, model, epoch, best, wall))
-        checkpoint.save(run_dir / checkpoint.LAST, _state(cfg, splits, model, epoch, best, wall,
-                                                         optimizer, scheduler, device))
+        checkpoint.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
+                                             device))
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
               f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
               f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
@@ -229,7 +239,8 @@ def _print_header(cfg, run_dir, splits, model, epochs, device) -> None:
     print(f"bnnrepro train: {cfg.experiment or cfg.paper or cfg.model.name} on {cfg.data.name} "
           f"[scale={cfg.scale.name}: {cfg.scale.description}]\n"
           f"  model {cfg.model.name} ({n_params:,} params, width x{effective_width_mult(cfg):g}), "
-          f"weights {cfg.quant.weight}, activations {cfg.quant.activation}; {epochs} epochs, "
+          f"weights {cfg.quant.weight}, activations {cfg.quant.activation}; {epochs} of "
+          f"{cfg.train.epochs} epochs (LR schedule: {cfg.optim.schedule} over {schedule_epochs(cfg)} epochs), "
           f"batch {cfg.train.batch_size}, {splits.train_x.shape[0]} train / {splits.val_x.shape[0]} val / "
           f"{splits.test_x.shape[0]} test; device {device}, {torch.get_num_threads()} threads\n"
           f"  run dir {run_dir}", file=sys.stderr)

@@ -1,0 +1,83 @@
+"""Launch what the tables miss: one Hydra multirun per row over its missing seeds (joblib launcher
+for parallel jobs), and one multirun resuming the interrupted runs. Rows shared by several tables
+(QNN's Table 1 repeats BNN's presets) are launched once.
+
+Runs go through ``python -m bnnrepro train`` in a subprocess: each Hydra app gets a fresh process,
+and its progress prints to the terminal as it runs.
+"""
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .plan import RowPlan
+
+
+@dataclass(frozen=True)
+class Job:
+    what: str                 # one line for the log: "bnn_mnist_theano seeds 0,1,2"
+    argv: tuple[str, ...]     # arguments of `bnnrepro` (train -m ...)
+    runs: int                 # how many runs it makes or resumes
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value, quoted so paths with ',', ' ' or '=' stay one value."""
+    if "'" in value:
+        raise ValueError(f"path {value!r} contains a single quote, which a Hydra override cannot carry")
+    return f"'{value}'"
+
+
+def _launcher(jobs: int) -> list[str]:
+    return ["hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}"] if jobs > 1 else []
+
+
+def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int = 1,
+              threads: int | None = 1) -> list[Job]:
+    """New runs for every runnable row's missing seeds, and one resume sweep over interrupted runs."""
+    new: dict[tuple[str, ...], set[int]] = {}
+    resume: dict[str, int] = {}
+    for plan in plans:
+        if not plan.reproduced or plan.blocked or plan.config is None:
+            continue
+        if plan.missing:
+            new.setdefault(tuple(plan.row.overrides), set()).update(plan.missing)
+        for run in plan.interrupted.values():
+            resume[str(Path(run.path).resolve())] = 1
+    common = ["train.progress=false", "device=auto"]
+    if threads:
+        common.append(f"train.num_threads={threads}")
+    out = []
+    for overrides, seeds in new.items():
+        ordered = sorted(seeds)
+        argv = ("train", "-m", *overrides, f"scale={scale}", f"seed={','.join(map(str, ordered))}",
+                f"runs_dir={_quote(str(Path(runs_dir).resolve()))}", *common, *_launcher(jobs))
+        out.append(Job(f"{' '.join(overrides)} scale={scale} seeds {','.join(map(str, ordered))}", argv,
+                       len(ordered)))
+    if resume:
+        paths = sorted(resume)
+        argv = ("train", "-m", "resume=" + ",".join(_quote(p) for p in paths), *_launcher(jobs))
+        out.append(Job(f"resume {len(paths)} interrupted run(s)", argv, len(paths)))
+    return out
+
+
+def subprocess_runner(argv: tuple[str, ...]) -> int:
+    return subprocess.run([sys.executable, "-m", "bnnrepro", *argv]).returncode
+
+
+def run_jobs(jobs: list[Job], runner: Callable[[tuple[str, ...]], int] = subprocess_runner,
+             log=None) -> list[tuple[Job, int]]:
+    """Run each job (the next one even when one fails); returns each job's exit status."""
+    log = log or sys.stderr
+    results = []
+    for i, job in enumerate(jobs, 1):
+        print(f"bnnrepro table: [{i}/{len(jobs)}] {job.what}: bnnrepro {shlex.join(job.argv)}", file=log,
+              flush=True)
+        code = runner(job.argv)
+        if code != 0:
+            print(f"bnnrepro table: [{i}/{len(jobs)}] exited with status {code}", file=log, flush=True)
+        results.append((job, code))
+    return results

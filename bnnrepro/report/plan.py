@@ -1,0 +1,192 @@
+"""Which runs reproduce a table row, and whether the row can run on this machine.
+
+A row's runs are found by config, not by name: the row's overrides plus ``scale=<scale>`` are
+composed with Hydra (exactly what ``bnnrepro train`` would run), and a run counts for the row when
+its resolved ``config.yaml`` agrees with that composition on every field both have, except those
+that do not change the result (:data:`IGNORED`: paths, seed, device, threads, logging). So a float
+baseline trained from the same preset (``quant.activation=identity``) never counts for the binary
+row; it is listed as a run that differs.
+
+A row *can run here* when its preset composes and validates, its dataset's files are present
+(``bnnrepro.data.check(..., download=False)``: nothing is downloaded to decide) and, at a scale in
+its ``needs_gpu_at``, a CUDA device is available.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+from omegaconf import OmegaConf
+
+from .collect import Run, Scan
+from .targets import Row
+
+# config fields that do not change a run's result (prefixes of dotted keys)
+IGNORED = ("runs_dir", "run_name", "resume", "seed", "device", "logger", "data.root", "data.download",
+           "train.num_threads", "train.progress", "train.eval_batch_size")
+
+
+def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}``; lists stay values (compared whole)."""
+    if not isinstance(d, dict):
+        return {prefix: d}
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def _ignored(key: str) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in IGNORED)
+
+
+def fingerprint(config: dict) -> dict[str, Any]:
+    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def differences(expected: dict[str, Any], config: dict) -> list[str]:
+    """Dotted keys where ``config`` differs from the ``expected`` fingerprint (keys in both only:
+    a field added to the schema after a run was made does not orphan the run)."""
+    actual = fingerprint(config)
+    return sorted(k for k in expected.keys() & actual.keys() if not _same(expected[k], actual[k]))
+
+
+# ------------------------------------------------------------------------------------ composing
+
+def hydra_composer() -> Callable[[list[str]], Any]:
+    """``compose(overrides) -> DictConfig`` over the package's config tree (no job is run)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    from ..config import register_configs
+
+    register_configs()
+
+    def run(overrides: list[str]):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="bnnrepro.conf", version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides))
+
+    return run
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def compose_row(row: Row, scale: str, composer) -> tuple[Any, str | None]:
+    """The row's config at ``scale`` (an OmegaConf DictConfig), or None and why not."""
+    from ..config import ConfigError, validate
+
+    try:
+        cfg = composer(list(row.overrides) + [f"scale={scale}"])
+    except Exception as err:  # Hydra's composition errors have no common base
+        return None, f"preset does not compose ({_first_line(err)})"
+    try:
+        validate(cfg)
+    except (ConfigError, ValueError) as err:
+        return None, f"preset is invalid ({err})"
+    return cfg, None
+
+
+def data_check(cfg) -> str | None:
+    """None when the dataset's files are present and intact; else the first line of the error."""
+    from ..data import DataError, check
+
+    try:
+        check(cfg.data.name, cfg.data.root, download=False, use_extra=bool(cfg.data.use_extra))
+    except (DataError, ValueError, OSError) as err:
+        # the data root is a path of this machine: keep it out of tables meant to be committed
+        return str(err).strip().splitlines()[0].split(" under the data root")[0]
+    return None
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+# ------------------------------------------------------------------------------------ planning
+
+@dataclass
+class RowPlan:
+    row: Row
+    scale: str
+    seeds: tuple[int, ...]
+    config: Any = None                      # composed DictConfig (None: does not compose)
+    blocked: str | None = None              # why it cannot run here; None: it can
+    blocked_kind: str | None = None         # preset | data | gpu
+    runs: dict[int, Run] = field(default_factory=dict)          # seed -> completed run used
+    duplicates: list[Run] = field(default_factory=list)         # completed, same seed, not used
+    interrupted: dict[int, Run] = field(default_factory=dict)   # seed -> run to resume
+    differing: list[tuple[Run, list[str]]] = field(default_factory=list)
+    other_seeds: list[Run] = field(default_factory=list)        # completed, seed not requested
+
+    @property
+    def missing(self) -> list[int]:
+        """Requested seeds with neither a completed nor an interrupted run."""
+        return [s for s in self.seeds if s not in self.runs and s not in self.interrupted]
+
+    @property
+    def reproduced(self) -> bool:
+        return not self.row.not_reproduced
+
+
+def _label(cfg_dict: dict) -> str | None:
+    return cfg_dict.get("experiment") or cfg_dict.get("paper")
+
+
+def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, composer,
+             check_data: Callable = data_check, has_cuda: Callable[[], bool] = cuda_available) -> RowPlan:
+    plan = RowPlan(row, scale, tuple(seeds))
+    if row.not_reproduced:
+        return plan
+    cfg, why = compose_row(row, scale, composer)
+    if cfg is None:
+        plan.blocked, plan.blocked_kind = why, "preset"
+        return plan
+    plan.config = cfg
+    expected_dict = OmegaConf.to_container(cfg, resolve=True)
+    expected = fingerprint(expected_dict)
+    label = _label(expected_dict)
+    for run in sorted(found.completed + found.interrupted, key=lambda r: (r.mtime, str(r.path)), reverse=True):
+        if run.scale != scale:
+            continue
+        diff = differences(expected, run.config)
+        if diff:
+            if label and _label(run.config) == label and run.summary is not None:
+                plan.differing.append((run, diff))
+            continue
+        if run.summary is None:
+            if run.seed in plan.seeds and run.seed not in plan.interrupted:
+                plan.interrupted[run.seed] = run  # newest interrupted run of that seed
+        elif run.seed not in plan.seeds:
+            plan.other_seeds.append(run)
+        elif run.seed in plan.runs:
+            plan.duplicates.append(run)
+        else:
+            plan.runs[run.seed] = run  # newest completed run of that seed
+    for seed in list(plan.interrupted):
+        if seed in plan.runs:
+            del plan.interrupted[seed]  # a completed run of that seed exists: nothing to resume
+    missing_data = check_data(cfg)
+    if missing_data:
+        plan.blocked, plan.blocked_kind = f"data not available here: {missing_data}", "data"
+    elif scale in row.needs_gpu_at and not has_cuda():
+        plan.blocked, plan.blocked_kind = f"needs a GPU at scale={scale} (no CUDA device here)", "gpu"
+    return plan

@@ -1,0 +1,163 @@
+"""Aggregate a table's runs: per row, the paper's number beside mean ± std over seeds (pandas).
+
+Every reproduced number is computed here from ``summary.json`` values (``test_error``, at the
+best-validation epoch, converted to the paper's metric); the paper's numbers come from the targets
+file. Nothing else enters a table.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from . import curves
+from .collect import Problem, Scan, to_frame
+from .plan import RowPlan
+from .targets import PaperNumber, Table
+
+NO_PAPER = PaperNumber(None, "", "–")  # a row of an analogue table, not of the paper
+DECIMALS = {"percent": 2, "fraction": 4, "none": 1}
+UNIT_SUFFIX = {"percent": " (%)", "fraction": " (fraction)", "none": ""}
+
+
+def metric_name(table: Table) -> str:
+    name = {"test_error": "test error", "accuracy": "accuracy", "perplexity": "perplexity"}[table.metric]
+    return name + UNIT_SUFFIX[table.unit]
+
+
+def convert(table: Table, runs: pd.DataFrame) -> pd.Series:
+    """The runs' result in the paper's metric and unit (``test_error`` is a percent)."""
+    if table.metric == "perplexity":
+        return pd.to_numeric(runs["test_perplexity"], errors="coerce")
+    err = runs["test_error"].astype(float)
+    value = err if table.metric == "test_error" else 100.0 - err
+    return value / 100.0 if table.unit == "fraction" else value
+
+
+def _fmt(x: float | None, decimals: int) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{decimals}f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or math.isnan(seconds):
+        return ""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def rel(path: Path, start: Path | None = None) -> str:
+    """``path`` relative to ``start`` (default: the working directory) when below it, else absolute."""
+    path, start = Path(path).resolve(), Path(start or Path.cwd()).resolve()
+    return os.path.relpath(path, start) if path.is_relative_to(start) else str(path)
+
+
+@dataclass
+class TableResult:
+    table: Table
+    scale: str
+    seeds: tuple[int, ...]
+    frame: pd.DataFrame                  # one line per paper row
+    plans: list[RowPlan]
+    problems: list[Problem]
+    runs_dir: Path
+    scale_description: str | None = None
+    command: str = ""
+    paper_title: str = ""
+
+
+def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
+    row = plan.row
+    if row.not_reproduced:
+        return f"not reproduced: {row.not_reproduced}"
+    parts = []
+    if len(plan.runs) > n:
+        parts.append(f"{len(plan.runs) - n} run(s) have no {field} in summary.json: not counted")
+    if n and n == len(plan.seeds):
+        parts.append("ok")
+    elif n:
+        parts.append(f"{n} of {len(plan.seeds)} seeds")
+    if plan.blocked and n < len(plan.seeds):
+        parts.append(plan.blocked)
+    elif plan.missing or plan.interrupted:
+        pending = sorted(set(plan.missing) | set(plan.interrupted))
+        parts.append(f"seed{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} not run yet "
+                     f"(`bnnrepro table {paper}` runs them)")
+    for seed, run in sorted(plan.interrupted.items()):
+        parts.append(f"seed {seed} interrupted, resumable: {run.id}")
+    if plan.differing:
+        keys = sorted({k for _, diff in plan.differing for k in diff})
+        shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
+        parts.append(f"{len(plan.differing)} run(s) of this preset differ in {shown}: not counted")
+    if plan.duplicates:
+        parts.append(f"{len(plan.duplicates)} older duplicate run(s) of the same seed not counted")
+    return "; ".join(parts)
+
+
+def _row_figure(table: Table, plan: RowPlan, out_dir: Path) -> str:
+    runs = [(f"seed {seed}", run.path) for seed, run in sorted(plan.runs.items())]
+    if not runs or table.metric == "perplexity":  # the curves are error curves
+        return ""
+    paper = plan.row.paper.value if plan.row.paper else None
+    paper_error = None
+    if paper is not None and table.metric != "perplexity":
+        pct = paper * 100.0 if table.unit == "fraction" else paper
+        paper_error = pct if table.metric == "test_error" else 100.0 - pct
+    rel_path = Path("figures") / table.name / f"{plan.row.id}.png"
+    labels = ", ".join(str(plan.row.labels[c]) for c in table.columns)
+    title = f"{table.name}: {labels} (scale={plan.scale})"
+    try:
+        done = curves.plot_row(runs, out_dir / rel_path, title, paper_error)
+    except OSError:
+        return ""
+    return rel_path.as_posix() if done else ""
+
+
+def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
+    row, decimals = plan.row, DECIMALS[table.unit]
+    used = [plan.runs[s] for s in sorted(plan.runs)]
+    frame = to_frame(used)
+    values = (convert(table, frame) if used else pd.Series(dtype=float)).dropna()
+    n = int(values.size)
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    number = row.paper or NO_PAPER
+    delta = mean - number.value if n and number.value is not None else math.nan
+    if figures:
+        for run in used:
+            curves.ensure_run_curves(run.path)
+    field = "test_perplexity" if table.metric == "perplexity" else "test_error"
+    return {
+        "table": table.name, "row": row.id, **{c: row.labels[c] for c in table.columns},
+        "paper": number.display(), "paper_value": number.value, "tag": number.tag,
+        "paper_source": number.source or "",
+        "reproduced": _fmt(mean, decimals) + (f" ± {_fmt(std, decimals)}" if n > 1 else ""),
+        "mean": mean, "std": std, "n": n,
+        "delta": "" if math.isnan(delta) else f"{delta:+.{decimals}f}",
+        "seeds": ",".join(str(s) for s in sorted(plan.runs)),
+        "scale": plan.scale if row.overrides else "",
+        "epochs": ", ".join(str(e) for e in sorted(frame["epochs_done"].unique())) if used else "",
+        "wall_time_per_run": duration(float(frame["wall_time_s"].mean())) if used else "",
+        "wall_time_s": float(frame["wall_time_s"].mean()) if used else math.nan,
+        "code_version": ", ".join(sorted(frame["code_version"].unique())) if used else "",
+        "runs": ", ".join(r.id for r in used),
+        "run_dirs": "; ".join(rel(r.path) for r in used),
+        "preset": " ".join(row.overrides),
+        "status": _status(plan, n, table.paper, field),
+        "figure": _row_figure(table, plan, out_dir) if figures and used else "",
+        "note": row.note or "",
+    }
+
+
+def build(table: Table, plans: list[RowPlan], found: Scan, out_dir: Path, *, scale: str,
+          seeds: tuple[int, ...], command: str = "", paper_title: str = "", figures: bool = True) -> TableResult:
+    """One line per row (its runs aggregated); draws each run's ``curves.png`` and each row's figure."""
+    lines = [_line(table, plan, Path(out_dir), figures) for plan in plans]
+    descriptions = [p.config.scale.description for p in plans if p.config is not None]
+    return TableResult(table, scale, tuple(seeds), pd.DataFrame(lines), plans, list(found.problems),
+                       found.root, descriptions[0] if descriptions else None, command, paper_title)

@@ -1,0 +1,193 @@
+"""The papers' tables as data: ``targets/<paper>.yaml`` (package data), one file per paper.
+
+Every number and confidence tag comes from ``reference/papers.md``; a row names the Hydra overrides
+(a preset, plus e.g. bit widths) whose runs reproduce it. File format::
+
+    paper: bnn
+    title: ...
+    tables:
+      - id: table1                     # -> results/bnn_table1.{md,csv,tex}
+        title: ...
+        metric: test_error             # what the paper reports: test_error | accuracy | perplexity
+        unit: percent                  # percent | fraction | none
+        source: ...                    # where the table's numbers come from (papers.md section)
+        columns: [method, dataset]     # the row labels shown, in order
+        rows:
+          - id: theano-mnist
+            labels: {method: BNN (Theano), dataset: MNIST}
+            paper: {value: 0.96, tag: SEC, text: "0.96", source: ...}   # text/source optional
+            overrides: [+experiment=bnn_mnist_theano]                    # runs that reproduce it
+            needs_gpu_at: [paper]      # scales at which a CPU machine does not launch it
+            note: ...                  # optional, shown with the row
+          - id: maxout-mnist
+            labels: {...}
+            paper: {value: 0.94, tag: SEC}
+            not_reproduced: another paper's method, cited for comparison
+
+A row has ``overrides`` or ``not_reproduced``, never both. A table that is not one of the paper's
+(a CPU analogue of its protocol) says so in its title and gives its rows no ``paper`` number.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TAGS = ("CODE", "README", "SEC", "ABS", "U")
+METRICS = ("test_error", "accuracy", "perplexity")
+UNITS = ("percent", "fraction", "none")
+PAPERS = ("bnn", "qnn", "dorefa", "merolla")
+ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class TargetsError(ValueError):
+    """A targets file is malformed; the message names the file, the row and the field."""
+
+
+@dataclass(frozen=True)
+class PaperNumber:
+    value: float | None      # None: the paper has a number here that nobody could read
+    tag: str                 # confidence: CODE | README | SEC | ABS | U
+    text: str | None = None  # as printed when not a plain number ("1.29±0.08", "~0.95")
+    source: str | None = None
+
+    def display(self) -> str:
+        """As the paper prints it: ``text`` when given (keeps "11.40"'s zero), else the value."""
+        if self.text:
+            return self.text
+        return "?" if self.value is None else format(self.value, "g")
+
+
+@dataclass(frozen=True)
+class Row:
+    id: str
+    labels: dict[str, Any]
+    paper: PaperNumber | None          # None: not a paper row (an analogue table)
+    overrides: tuple[str, ...] = ()
+    not_reproduced: str | None = None
+    needs_gpu_at: tuple[str, ...] = ()
+    note: str | None = None
+
+
+@dataclass(frozen=True)
+class Table:
+    paper: str
+    id: str
+    title: str
+    metric: str
+    unit: str
+    source: str
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.paper}_{self.id}"
+
+
+@dataclass(frozen=True)
+class Targets:
+    paper: str
+    title: str
+    tables: tuple[Table, ...]
+    path: str = field(default="", compare=False)
+
+
+def path_of(paper: str) -> Path:
+    return Path(str(resources.files("bnnrepro.report") / "targets" / f"{paper}.yaml"))
+
+
+def load(paper_or_path: str | Path) -> Targets:
+    """Targets of a paper name (``bnn``) or of a YAML file path."""
+    path = Path(paper_or_path)
+    if not path.suffix:
+        if str(paper_or_path) not in PAPERS:
+            raise TargetsError(f"unknown paper {paper_or_path!r}; allowed: {', '.join(PAPERS)}")
+        path = path_of(str(paper_or_path))
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise TargetsError(f"{path}: cannot read targets: {err}") from None
+    return parse(raw, str(path))
+
+
+def _need(d: dict, key: str, where: str, kind=str):
+    if key not in d:
+        raise TargetsError(f"{where}: missing field {key!r}")
+    if not isinstance(d[key], kind):
+        raise TargetsError(f"{where}: field {key!r} must be {getattr(kind, '__name__', kind)}, got {d[key]!r}")
+    return d[key]
+
+
+def _choice(value: str, allowed, where: str, key: str) -> str:
+    if value not in allowed:
+        raise TargetsError(f"{where}: {key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+    return value
+
+
+def _number(d: Any, where: str) -> PaperNumber:
+    if not isinstance(d, dict):
+        raise TargetsError(f"{where}: 'paper' must be a mapping with value and tag")
+    value = d.get("value")
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise TargetsError(f"{where}: paper.value must be a number or null, got {value!r}")
+    tag = _choice(_need(d, "tag", where), TAGS, where, "paper.tag")
+    text = d.get("text")
+    return PaperNumber(None if value is None else float(value), tag,
+                       None if text is None else str(text), d.get("source"))
+
+
+def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
+    if not isinstance(d, dict):
+        raise TargetsError(f"{table_where}: each row must be a mapping")
+    rid = _need(d, "id", table_where)
+    where = f"{table_where}, row {rid!r}"
+    if not ID.match(rid):
+        raise TargetsError(f"{where}: id must be letters, digits, '_', '.', '-'")
+    labels = _need(d, "labels", where, dict)
+    missing = [c for c in columns if c not in labels]
+    if missing:
+        raise TargetsError(f"{where}: labels lack column(s) {', '.join(missing)}")
+    overrides = d.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+        raise TargetsError(f"{where}: overrides must be a list of Hydra override strings")
+    not_reproduced = d.get("not_reproduced")
+    if bool(overrides) == bool(not_reproduced):
+        raise TargetsError(f"{where}: give exactly one of 'overrides' and 'not_reproduced'")
+    bad = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in ("seed", "scale", "runs_dir")]
+    if bad:
+        raise TargetsError(f"{where}: overrides must not set seed, scale or runs_dir ({', '.join(bad)}): "
+                           "the table command sets them")
+    gpu = d.get("needs_gpu_at") or []
+    paper = None if d.get("paper") is None else _number(d["paper"], where)
+    return Row(rid, dict(labels), paper, tuple(overrides), not_reproduced,
+               tuple(str(s) for s in gpu), d.get("note"))
+
+
+def parse(raw: Any, where: str = "<targets>") -> Targets:
+    if not isinstance(raw, dict):
+        raise TargetsError(f"{where}: a targets file is a mapping with paper, title and tables")
+    paper = _need(raw, "paper", where)
+    tables = []
+    for t in _need(raw, "tables", where, list):
+        if not isinstance(t, dict):
+            raise TargetsError(f"{where}: each table must be a mapping")
+        tid = _need(t, "id", where)
+        tw = f"{where}, table {tid!r}"
+        if not ID.match(tid):
+            raise TargetsError(f"{tw}: id must be letters, digits, '_', '.', '-'")
+        columns = tuple(_need(t, "columns", tw, list))
+        rows = tuple(_row(r, tw, columns) for r in _need(t, "rows", tw, list))
+        if not rows:
+            raise TargetsError(f"{tw}: a table needs at least one row")
+        ids = [r.id for r in rows]
+        dupes = sorted({i for i in ids if ids.count(i) > 1})
+        if dupes:
+            raise TargetsError(f"{tw}: duplicate row id(s) {', '.join(dupes)}")
+        tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
+                            _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows))
+    return Targets(paper, _need(raw, "title", where), tuple(tables), where)

@@ -1,0 +1,373 @@
+"""Paper-vs-reproduced tables from fixture runs: aggregation, the paper's numbers and tags, rows
+that cannot run here, corrupt and partial runs, idempotent launching, the CLI's bad input."""
+import io
+import json
+import math
+import re
+import statistics
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from omegaconf import OmegaConf
+
+from bnnrepro.report import collect, commands, launch, pipeline, targets
+from conftest import compose
+from test_report_fixtures import data_here, no_cuda, write_run
+
+THEANO = ["+experiment=bnn_mnist_theano"]
+TORCH7 = ["+experiment=bnn_mnist_torch7"]
+
+
+def _make(runs, out, papers=("bnn",), **kw):
+    kw.setdefault("train", False)
+    return pipeline.make_tables([targets.load(p) for p in papers], runs_dir=runs, out_dir=out, scale="smoke",
+                                seeds=(0, 1, 2), check_data=data_here, has_cuda=no_cuda,
+                                command="bnnrepro table bnn --scale smoke --seeds 0,1,2", log=io.StringIO(), **kw)
+
+
+def _row(outcome, row_id, table="bnn_table1"):
+    result = next(r for r in outcome.results if r.table.name == table)
+    return result.frame.set_index("row").loc[row_id]
+
+
+# ---------------------------------------------------------------------------------- targets
+
+def test_every_packaged_targets_file_parses_with_tags():
+    for paper in targets.PAPERS:
+        t = targets.load(paper)
+        assert t.paper == paper and t.tables
+        for table in t.tables:
+            for row in table.rows:
+                assert row.paper is None or row.paper.tag in targets.TAGS
+                assert bool(row.overrides) != bool(row.not_reproduced)
+
+
+def test_bnn_table1_rows_are_the_papers():
+    (table,) = targets.load("bnn").tables
+    cells = {(r.labels["method"], r.labels["dataset"]): (r.paper.display(), r.paper.tag) for r in table.rows}
+    assert len(cells) == 20  # papers.md §a.1: 10 methods, the cells that have a number
+    assert cells[("BNN (Theano)", "MNIST")] == ("0.96", "SEC")
+    assert cells[("BNN (Theano)", "CIFAR-10")] == ("11.40", "SEC")
+    assert cells[("BNN (Torch7)", "SVHN")] == ("2.53", "SEC")
+    assert cells[("BinaryConnect (Courbariaux et al., 2015)", "MNIST")] == ("1.29±0.08", "SEC")
+    assert cells[("Gated pooling (Lee et al., 2015)", "CIFAR-10")] == ("7.62", "SEC")
+    reproduced = {r.id for r in table.rows if r.overrides}
+    assert reproduced == {f"{impl}-{d}" for impl in ("theano", "torch7") for d in ("mnist", "svhn", "cifar10")}
+
+
+def test_targets_errors_name_the_row_and_field():
+    raw = {"paper": "x", "title": "t", "tables": [{"id": "t1", "title": "T", "metric": "test_error",
+           "unit": "percent", "source": "s", "columns": ["m"],
+           "rows": [{"id": "r1", "labels": {"m": "a"}, "paper": {"value": 1.0, "tag": "MAYBE"},
+                     "overrides": ["+experiment=bnn_mnist_theano"]}]}]}
+    with pytest.raises(targets.TargetsError, match=r"row 'r1'.*paper.tag='MAYBE'"):
+        targets.parse(raw)
+    raw["tables"][0]["rows"][0]["paper"]["tag"] = "U"
+    raw["tables"][0]["rows"][0]["overrides"].append("seed=3")
+    with pytest.raises(targets.TargetsError, match="must not set seed"):
+        targets.parse(raw)
+
+
+# ---------------------------------------------------------------------------------- tables
+
+def test_table_from_fixture_runs(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    errors = {0: 1.0, 1: 2.0, 2: 4.0}
+    for seed, err in errors.items():
+        write_run(runs, f"theano-s{seed}", THEANO, seed, err, wall=30.0)
+    write_run(runs, "torch7-s1", TORCH7, 1, 3.5)
+    outcome = _make(runs, out)
+    assert outcome.launched == [] and outcome.problems == []
+
+    theano = _row(outcome, "theano-mnist")
+    assert theano["n"] == 3
+    assert theano["mean"] == pytest.approx(statistics.mean(errors.values()))
+    assert theano["std"] == pytest.approx(statistics.stdev(errors.values()))
+    assert theano["reproduced"] == "2.33 ± 1.53" and theano["delta"] == "+1.37"
+    assert (theano["paper"], theano["tag"]) == ("0.96", "SEC")
+    assert theano["runs"] == "theano-s0, theano-s1, theano-s2"
+    assert theano["code_version"] == "0.1.0@0123456" and theano["status"] == "ok"
+    assert theano["epochs"] == "2" and theano["wall_time_per_run"] == "30 s" and theano["scale"] == "smoke"
+
+    torch7 = _row(outcome, "torch7-mnist")
+    assert torch7["n"] == 1 and torch7["reproduced"] == "3.50" and math.isnan(torch7["std"])
+    assert "1 of 3 seeds" in torch7["status"] and "seeds 0, 2 not run yet" in torch7["status"]
+
+    cifar = _row(outcome, "theano-cifar10")  # no data here: stays in the table and says why
+    assert cifar["n"] == 0 and cifar["paper"] == "11.40"
+    assert cifar["status"].startswith("data not available here: cifar10")
+    cited = _row(outcome, "maxout-mnist")
+    assert cited["status"].startswith("not reproduced: another paper's method") and cited["paper"] == "0.94"
+
+    md = (out / "bnn_table1.md").read_text()
+    assert "| BNN (Theano) | MNIST | 0.96 | [SEC] | 2.33 ± 1.53 | +1.37 | 3 | smoke |" in md
+    assert "theano-s0, theano-s1, theano-s2" in md and "0.1.0@0123456" in md
+    assert "[png](figures/bnn_table1/theano-mnist.png)" in md
+    assert md.count("\n| ") == 21  # header + one line per paper row
+    csv = pd.read_csv(out / "bnn_table1.csv")
+    assert len(csv) == 20 and list(csv["row"])[:2] == ["torch7-mnist", "torch7-svhn"]
+    assert csv.set_index("row").loc["theano-mnist", "n"] == 3
+    tex = (out / "bnn_table1.tex").read_text()
+    assert r"2.33 $\pm$ 1.53" in tex and r"\bottomrule" in tex
+    assert (out / "figures" / "bnn_table1" / "theano-mnist.png").is_file()
+    assert (runs / "theano-s0" / "curves.png").is_file()  # each run's curves, drawn from metrics.jsonl
+
+
+def test_metric_conversion_to_the_papers_unit(tmp_path):
+    """DoReFa reports accuracy as a fraction: reproduced = 1 - test_error / 100."""
+    table = targets.parse({"paper": "p", "title": "t", "tables": [{
+        "id": "acc", "title": "T", "metric": "accuracy", "unit": "fraction", "source": "s", "columns": ["m"],
+        "rows": [{"id": "r", "labels": {"m": "x"}, "paper": {"value": 0.975, "tag": "U"},
+                  "overrides": THEANO}]}]})
+    runs = tmp_path / "runs"
+    write_run(runs, "a", THEANO, 0, 2.0)
+    write_run(runs, "b", THEANO, 1, 4.0)
+    outcome = pipeline.make_tables([table], runs_dir=runs, out_dir=tmp_path / "out", scale="smoke", seeds=(0, 1),
+                                   train=False, check_data=data_here, has_cuda=no_cuda, figures=False,
+                                   log=io.StringIO())
+    line = outcome.results[0].frame.iloc[0]
+    assert line["mean"] == pytest.approx(0.97) and line["reproduced"] == "0.9700 ± 0.0141"
+    assert line["delta"] == "-0.0050"
+
+
+def test_corrupt_and_partial_runs_are_reported_and_skipped(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    write_run(runs, "good", THEANO, 0, 1.5)
+    bad_json = write_run(runs, "bad-json", THEANO, 1, 9.0)
+    (bad_json / "summary.json").write_text('{"status": "completed", "test_error": ')
+    write_run(runs, "running", THEANO, 1, 9.0, status="running")
+    missing = write_run(runs, "missing-field", THEANO, 1, 9.0)
+    summary = json.loads((missing / "summary.json").read_text())
+    del summary["code_version"]
+    (missing / "summary.json").write_text(json.dumps(summary))
+    write_run(runs, "nan", THEANO, 1, float("nan"))
+    wrong = write_run(runs, "wrong-type", THEANO, 1, 9.0)
+    summary = json.loads((wrong / "summary.json").read_text())
+    summary["seed"] = "1"
+    (wrong / "summary.json").write_text(json.dumps(summary))
+    mismatch = write_run(runs, "seed-mismatch", THEANO, 2, 9.0)
+    summary = json.loads((mismatch / "summary.json").read_text())
+    summary["seed"] = 1
+    (mismatch / "summary.json").write_text(json.dumps(summary))
+    no_cfg = write_run(runs, "no-config", THEANO, 1, 9.0)
+    (no_cfg / "config.yaml").unlink()
+    (runs / "only-checkpoint").mkdir()
+    (runs / "only-checkpoint" / "last.pt").write_bytes(b"")
+    (runs / "not-a-list").mkdir()
+    (runs / "not-a-list" / "summary.json").write_text("[1, 2]")
+    write_run(runs, "interrupted", THEANO, 2, None)
+
+    found = collect.scan(runs)
+    reasons = {p.path.name: p.why for p in found.problems}
+    assert set(reasons) == {"bad-json", "running", "missing-field", "nan", "wrong-type", "seed-mismatch",
+                            "no-config", "only-checkpoint", "not-a-list"}
+    assert "not valid JSON" in reasons["bad-json"]
+    assert reasons["running"] == "status is 'running', not 'completed'"
+    assert reasons["missing-field"] == "summary.json lacks code_version"
+    assert reasons["nan"] == "test_error is nan"
+    assert "seed='1'" in reasons["wrong-type"]
+    assert "disagrees with config.yaml" in reasons["seed-mismatch"]
+    assert "no config.yaml" in reasons["no-config"]
+    assert [r.path.name for r in found.completed] == ["good"]
+    assert [r.path.name for r in found.interrupted] == ["interrupted"]
+
+    outcome = _make(runs, out)  # never crashes, never counts them
+    theano = _row(outcome, "theano-mnist")
+    assert theano["n"] == 1 and theano["runs"] == "good" and theano["mean"] == 1.5
+    assert "seed 2 interrupted, resumable: interrupted" in theano["status"]
+    md = (out / "bnn_table1.md").read_text()
+    for name in reasons:
+        assert f"{name}`: " in md
+    lines = pipeline.report_lines(outcome)
+    assert "9 run directories not counted:" in lines
+
+
+def test_a_run_of_the_preset_with_other_settings_is_not_counted(tmp_path):
+    runs = tmp_path / "runs"
+    write_run(runs, "binary", THEANO, 0, 2.0)
+    write_run(runs, "float-baseline", THEANO + ["quant.activation=identity"], 1, 1.0)
+    write_run(runs, "other-scale", THEANO, 2, 1.0, scale="quick")
+    outcome = _make(runs, tmp_path / "out", figures=False)
+    theano = _row(outcome, "theano-mnist")
+    assert theano["n"] == 1 and theano["runs"] == "binary"
+    assert "1 run(s) of this preset differ in quant.activation: not counted" in theano["status"]
+
+
+def test_duplicate_seed_uses_the_newest_run(tmp_path):
+    import os
+
+    runs = tmp_path / "runs"
+    old = write_run(runs, "old", THEANO, 0, 5.0)
+    write_run(runs, "new", THEANO, 0, 2.0)
+    os.utime(old / "summary.json", (1, 1))
+    outcome = _make(runs, tmp_path / "out", figures=False)
+    theano = _row(outcome, "theano-mnist")
+    assert theano["runs"] == "new" and "1 older duplicate run(s)" in theano["status"]
+
+
+def test_preset_that_does_not_compose_stays_with_its_reason(tmp_path):
+    table = targets.parse({"paper": "p", "title": "t", "tables": [{
+        "id": "x", "title": "T", "metric": "test_error", "unit": "percent", "source": "s", "columns": ["m"],
+        "rows": [{"id": "r", "labels": {"m": "x"}, "paper": {"value": 1.0, "tag": "U"},
+                  "overrides": ["+experiment=no_such_preset"]}]}]})
+    outcome = pipeline.make_tables([table], runs_dir=tmp_path / "runs", out_dir=tmp_path / "out", scale="smoke",
+                                   seeds=(0,), train=True, runner=_forbidden, check_data=data_here,
+                                   has_cuda=no_cuda, log=io.StringIO())
+    assert outcome.results[0].frame.iloc[0]["status"].startswith("preset does not compose")
+    assert outcome.launched == []
+
+
+def _forbidden(argv):
+    raise AssertionError(f"nothing may be launched, got {argv}")
+
+
+# ---------------------------------------------------------------------------------- launching
+
+class FakeLauncher:
+    """Stands in for `python -m bnnrepro ...`: records each job and makes its runs complete."""
+
+    def __init__(self, runs: Path):
+        self.runs, self.calls = runs, []
+
+    def __call__(self, argv):
+        self.calls.append(argv)
+        assert argv[:2] == ("train", "-m")
+        resume = [a for a in argv if a.startswith("resume=")]
+        if resume:
+            for path in re.findall(r"'([^']*)'", resume[0]):
+                run = Path(path)
+                cfg = OmegaConf.load(run / "config.yaml")
+                write_run(run.parent, run.name, _overrides_of(cfg), int(cfg.seed), 1.0)
+            return 0
+        (seeds,) = [a.split("=", 1)[1] for a in argv if a.startswith("seed=")]
+        overrides = [a for a in argv[2:] if not a.startswith(("seed=", "runs_dir=", "hydra"))]
+        for seed in seeds.split(","):
+            write_run(self.runs, f"{overrides[0].split('=')[1]}-s{seed}", overrides, int(seed), 2.0)
+        return 0
+
+
+def _overrides_of(cfg):
+    return [f"+experiment={cfg.experiment}"]
+
+
+def test_launch_then_nothing_new_launches_nothing(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    write_run(runs, "torch7-s1", TORCH7, 1, 3.0)
+    write_run(runs, "theano-s2-interrupted", THEANO, 2, None)
+    fake = FakeLauncher(runs)
+    first = _make(runs, out, papers=("bnn", "qnn"), train=True, runner=fake, jobs=2, threads=1)
+    # one job per runnable row over its missing seeds (QNN's rows that share BNN's presets are not
+    # launched twice), one resume job; rows without data are not launched
+    jobs = {" ".join(a for a in argv if not a.startswith("runs_dir=")) for argv in fake.calls}
+    assert jobs == {
+        "train -m +experiment=bnn_mnist_torch7 scale=smoke seed=0,2 train.progress=false device=auto "
+        "train.num_threads=1 hydra/launcher=joblib hydra.launcher.n_jobs=2",
+        "train -m +experiment=bnn_mnist_theano scale=smoke seed=0,1 train.progress=false device=auto "
+        "train.num_threads=1 hydra/launcher=joblib hydra.launcher.n_jobs=2",
+        "train -m +experiment=qnn_mnist_theano scale=smoke seed=0,1,2 train.progress=false device=auto "
+        "train.num_threads=1 hydra/launcher=joblib hydra.launcher.n_jobs=2",
+        f"train -m resume='{(runs / 'theano-s2-interrupted').resolve()}' hydra/launcher=joblib "
+        "hydra.launcher.n_jobs=2",
+    }
+    assert all(code == 0 for _, code in first.launched)
+    assert _row(first, "theano-mnist")["n"] == 3 and _row(first, "torch7-mnist")["n"] == 3
+    assert _row(first, "theano-mnist", "qnn_table1")["n"] == 3
+    written = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    fake.calls.clear()
+    second = _make(runs, out, papers=("bnn", "qnn"), train=True, runner=fake, jobs=2)
+    assert fake.calls == [] and second.launched == []
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written  # byte-identical
+
+
+def test_failed_job_is_reported_and_the_table_still_written(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    outcome = _make(runs, out, train=True, runner=lambda argv: 3)
+    assert outcome.failed and all(code == 3 for _, code in outcome.failed)
+    assert (out / "bnn_table1.md").is_file()
+    assert any(line.startswith("failed (exit status 3)") for line in pipeline.report_lines(outcome))
+
+
+def test_job_paths_are_quoted_for_hydra():
+    plan_dir = Path("/tmp/a dir,with=odd chars")
+    (job,) = launch.plan_jobs([_plan_with_missing()], "smoke", plan_dir)
+    assert "runs_dir='/tmp/a dir,with=odd chars'" in job.argv
+    with pytest.raises(ValueError, match="single quote"):
+        launch.plan_jobs([_plan_with_missing()], "smoke", Path("/tmp/it's"))
+
+
+def _plan_with_missing():
+    from bnnrepro.report.plan import RowPlan
+
+    row = targets.load("bnn").tables[0].rows[3]
+    return RowPlan(row, "smoke", (0,), config=compose(list(row.overrides) + ["scale=smoke"]))
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+@pytest.mark.parametrize("argv, message", [
+    (["nosuch"], "unknown paper 'nosuch'; allowed: bnn, qnn, dorefa, merolla, all"),
+    (["bnn", "--seeds", "a,b"], "--seeds='a,b' must be comma-separated integers"),
+    (["bnn", "--seeds", "1,1"], "must list distinct non-negative integers"),
+    (["bnn", "--scale", "huge"], "--scale='huge' is unknown; allowed: "),
+    (["bnn", "--jobs", "0"], "--jobs and --threads must be positive"),
+])
+def test_table_cli_bad_input_is_one_line(argv, message, capsys):
+    assert commands.table_main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bnnrepro: error: ") and message in err and err.count("\n") == 1
+
+
+def test_table_cli_usage_error_is_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        commands.table_main(["bnn", "--jobs", "x"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith("bnnrepro: error: bnnrepro table: argument --jobs")
+    assert err.count("\n") == 1
+
+
+def test_table_cli_no_train(tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    write_run(runs, "theano-s0", THEANO, 0, 1.25)
+    monkeypatch.chdir(tmp_path)
+    code = commands.table_main(["bnn", "--no-train", "--scale", "smoke", "--seeds", "0", "--runs-dir", str(runs),
+                                "--out", "res", "--no-figures"], check_data=data_here, has_cuda=no_cuda,
+                               runner=_forbidden)
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "res/bnn_table1.md (+ .csv, .tex): 20 rows, 6 reproducible, 1 with results" in printed
+    md = (tmp_path / "res" / "bnn_table1.md").read_text()
+    assert "`bnnrepro table bnn --scale smoke --seeds 0`" in md and "| 1.25 |" in md
+    assert "runs`;" in md  # the runs folder, relative to the working directory
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+@pytest.mark.slow
+def test_real_runs_end_to_end_then_idempotent(mnist_root, tmp_path, monkeypatch, capsys):
+    """`bnnrepro table bnn` at scale=smoke on real MNIST: trains the two MNIST rows through Hydra
+    multiruns, writes the table; a second call trains nothing."""
+    monkeypatch.setenv("BNNREPRO_DATA", str(mnist_root))
+    argv = ["bnn", "--scale", "smoke", "--seeds", "0", "--runs-dir", str(tmp_path / "runs"),
+            "--out", str(tmp_path / "res")]
+    calls = []
+
+    def counting(args):
+        calls.append(args)
+        return launch.subprocess_runner(args)
+
+    assert commands.table_main(argv, runner=counting, has_cuda=no_cuda) == 0
+    assert len(calls) == 2
+    frame = pd.read_csv(tmp_path / "res" / "bnn_table1.csv").set_index("row")
+    for row in ("theano-mnist", "torch7-mnist"):
+        assert frame.loc[row, "n"] == 1 and 0 < frame.loc[row, "mean"] < 100
+        (run_dir,) = frame.loc[row, "run_dirs"].split("; ")
+        assert (Path(run_dir) / "curves.png").is_file()
+    capsys.readouterr()
+    assert commands.summary_main([run_dir]) == 0  # the summary of a trained run, packed size measured
+    out = capsys.readouterr().out
+    assert "seed 0" in out and "packed artifact" in out and "compression x" in out
+    calls.clear()
+    assert commands.table_main(argv, runner=counting, has_cuda=no_cuda) == 0
+    assert calls == []
