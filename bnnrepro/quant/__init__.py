@@ -2,6 +2,8 @@
 from .registry import QUANTIZERS, VALID_BITS, allowed_bits, build, check_bits, get, names, register
 from .binary import HardTanh, Identity, Quantizer, Sign, StochasticSign, hard_sigmoid, sign_pm1
 from .dorefa import DoReFaActivation, DoReFaGradient, DoReFaWeight, quantize_gradient, quantize_k
+from .activations import ReLU
+from .projections import Clip, Power, StochasticBinary, StochasticProjection
 from .qnn import QnnGradient, QnnLinear, QnnLog, ap2, bitplane_conv2d, bitplane_linear, bitplanes
 
 __all__ = [
@@ -9,4 +11,5 @@ __all__ = [
     "HardTanh", "Identity", "Quantizer", "Sign", "StochasticSign", "hard_sigmoid", "sign_pm1",
     "DoReFaActivation", "DoReFaGradient", "DoReFaWeight", "quantize_gradient", "quantize_k",
     "QnnGradient", "QnnLinear", "QnnLog", "ap2", "bitplane_conv2d", "bitplane_linear", "bitplanes",
+    "ReLU", "Clip", "Power", "StochasticBinary", "StochasticProjection",
 ]

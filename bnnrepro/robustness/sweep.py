@@ -1,0 +1,139 @@
+"""Sweeps: load a trained run once, distort a copy of its weights level by level and draw by draw
+(``weights``: which weights, see weights.py), evaluate each distorted net on the whole test set
+(evaluation.py). The checkpoint is only read, never written. Deterministic levels (the clean
+net, power, clip, binarize at p = 0 or 1) are evaluated once, random ones ``draws`` times.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..train.checkpoint import load_model
+from .distortions import DISTORTIONS, DistortionOptions, get_distortion
+from .effective_bits import SIGNALS, effective_bits
+from .evaluation import batch_norms, load_test_set, recalibrate_bn
+from .weights import WEIGHT_MODES, DistortableCopy, projection_label
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    levels: tuple[float, ...] | None = None   # None: each distortion's default levels
+    draws: int = 5                            # independent draws per random level
+    seed: int = 0
+    weights: str = "effective"
+    distortion: DistortionOptions = field(default_factory=DistortionOptions)
+    signal: str = "variance"                  # effective bits: signal power = var(W) or mean(W^2)
+    batch_size: int = 2000
+    which: str = "best"                       # best or last checkpoint of a run directory
+    data_root: str | None = None              # None: the root the run was trained with
+    progress: bool = True
+    device: str = "cpu"
+    bn_recalibrate: int = 0                   # re-estimate BN statistics on this many training images
+
+    def __post_init__(self):
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"--draws {self.draws!r} must be a positive integer")
+        if self.weights not in WEIGHT_MODES:
+            raise ValueError(f"--weights {self.weights!r} is unknown; allowed: {', '.join(WEIGHT_MODES)}")
+        if self.signal not in SIGNALS:
+            raise ValueError(f"--signal {self.signal!r} is unknown; allowed: {', '.join(SIGNALS)}")
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size} must be a positive integer")
+        if self.bn_recalibrate < 0:
+            raise ValueError(f"--bn-recalibrate {self.bn_recalibrate} must be >= 0")
+        if self.which not in ("best", "last"):
+            raise ValueError(f"--which {self.which!r} is unknown; allowed: best, last")
+
+
+def draw_seed(seed: int, noise: str, level: float, draw: int) -> int:
+    """A draw's RNG seed, a function of (seed, noise, level, draw) alone: the same draws whatever the
+    order, the other levels or the run (common random numbers across runs of the same shapes)."""
+    entropy = [seed, zlib.crc32(noise.encode()), int(round(level * 1_000_000)) & 0xFFFFFFFF, draw]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] & (2**63 - 1))
+
+
+def _run_name(path: Path) -> str:
+    return path.parent.name if path.is_file() else path.name
+
+
+def _trained_test_error(path: Path) -> float | None:
+    summary = (path.parent if path.is_file() else path) / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text()).get("test_error")
+    return None
+
+
+def plan(noises: list[str], opts: SweepOptions) -> dict[str, list[tuple[float, int]]]:
+    """Per noise, its (level, number of draws) pairs: deterministic levels are evaluated once."""
+    out = {}
+    for noise in noises:
+        distortion = get_distortion(noise)
+        levels = distortion.check_levels(opts.levels if opts.levels is not None else distortion.default_levels)
+        out[noise] = [(level, opts.draws if distortion.random(level) else 1) for level in levels]
+    return out
+
+
+def sweep_run(path: str | Path, noises: list[str], opts: SweepOptions, cache: dict | None = None,
+              position: str = "") -> list[dict]:
+    """All draws of all ``noises`` for one run: one dict per (noise, level, draw)."""
+    path, cache = Path(path), {} if cache is None else cache
+    device = torch.device(opts.device)
+    levels = plan(noises, opts)
+    model, cfg = load_model(path, which=opts.which)
+    model = model.to(device)
+    test = load_test_set(cfg, opts.data_root, cache, device, opts.bn_recalibrate)
+    net = DistortableCopy(model, opts.weights)
+    del model
+    if opts.bn_recalibrate:
+        batch_norms(net.model)  # fails now, not at the first level, for a net it cannot recalibrate
+
+    def evaluate() -> float:
+        if opts.bn_recalibrate:
+            recalibrate_bn(net.model, test.calibration, opts.batch_size)
+        return test.error(net.model, opts.batch_size)
+
+    clean_error = evaluate()
+    common = {"run": str(path), "run_name": _run_name(path), "projection": projection_label(cfg),
+              "experiment": cfg.get("experiment"), "train_seed": int(cfg.seed), "scale": cfg.scale.name,
+              "dataset": cfg.data.name, "test_size": len(test), "weights": opts.weights,
+              "sigma_scale": opts.distortion.sigma_scale, "binary_scale": opts.distortion.binary_scale,
+              "clean_error": clean_error, "trained_test_error": _trained_test_error(path),
+              "checkpoint_which": opts.which, "bn_recalibrate": opts.bn_recalibrate}
+    rows = []
+    total = sum(n for pairs in levels.values() for _, n in pairs)
+    bar = tqdm(total=total, desc=f"{position}{common['run_name']}", disable=not opts.progress,
+               file=sys.stderr, mininterval=0.5, leave=False)
+    for noise, pairs in levels.items():
+        distortion = DISTORTIONS[noise]
+        for level, n_draws in pairs:
+            bits = effective_bits(noise, level, net.clean, opts.distortion, opts.signal)
+            for draw in range(n_draws):
+                generator = torch.Generator(device=device).manual_seed(draw_seed(opts.seed, noise, level, draw))
+                net.set(distortion, level, generator, opts.distortion)
+                error = evaluate()
+                rows.append({**common, "noise": noise, "level": level, "draw": draw, "error": error,
+                             "effective_bits": bits})
+                bar.set_postfix_str(f"{noise} {level:g}: {error:.2f}%", refresh=False)
+                bar.update()
+    bar.close()
+    return rows
+
+
+def sweep_runs(paths: list[Path], noises: list[str], opts: SweepOptions) -> list[dict]:
+    """Every run of ``paths`` through every noise; the data of each dataset load once."""
+    plan(noises, opts)  # bad levels fail before any model or data loads
+    cache: dict = {}
+    rows = []
+    for i, path in enumerate(paths, 1):
+        done = sweep_run(path, noises, opts, cache, position=f"[{i}/{len(paths)}] ")
+        rows += done
+        print(f"[{i}/{len(paths)}] {_run_name(Path(path))}: {done[0]['projection']}, clean error "
+              f"{done[0]['clean_error']:.2f}%", file=sys.stderr, flush=True)
+    return rows

@@ -1,0 +1,333 @@
+"""Test-time distortion sweeps (Merolla et al.): each distortion's statistics, effective bits, the
+checkpoint left untouched, the CSV / Markdown / PNG outputs, and bad input failing fast."""
+import hashlib
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from bnnrepro.robustness import commands
+from bnnrepro.robustness.claims import write_claims
+from bnnrepro.robustness.distortions import DISTORTIONS, DistortionOptions, get_distortion, layer_stat
+from bnnrepro.robustness.effective_bits import capacity_bits, effective_bits, sigma_for_bits
+from bnnrepro.robustness.report import tolerance_level
+from bnnrepro.robustness.runs import discover
+from bnnrepro.robustness.evaluation import recalibrate_bn
+from bnnrepro.robustness.sweep import SweepOptions, draw_seed, sweep_run
+from bnnrepro.robustness.weights import DistortableCopy
+from bnnrepro.train import fit, load_model
+from conftest import compose
+
+OPTS = DistortionOptions()
+
+
+def _weights(shape=(300, 400), mean=0.05, std=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * std + mean
+
+
+def _gen(seed=1):
+    return torch.Generator().manual_seed(seed)
+
+
+# --- distortions ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("scale", ["std", "rms", "max", "mean_abs"])
+def test_additive_noise_has_the_asked_std_relative_to_the_layer_scale(scale):
+    w = _weights()
+    d = DISTORTIONS["additive"].apply(w, 0.5, _gen(), DistortionOptions(sigma_scale=scale))
+    noise = d - w
+    assert float(noise.std()) == pytest.approx(0.5 * float(layer_stat(w, scale)), rel=0.01)
+    assert abs(float(noise.mean())) < 0.01 * float(layer_stat(w, scale))
+
+
+def test_multiplicative_noise_is_relative_to_each_weight():
+    w = _weights()
+    d = DISTORTIONS["multiplicative"].apply(w, 0.3, _gen(), OPTS)
+    ratio = d / w - 1
+    assert float(ratio.std()) == pytest.approx(0.3, rel=0.01) and abs(float(ratio.mean())) < 0.005
+
+
+def test_binarize_replaces_the_asked_fraction_by_a_scaled_sign():
+    w = _weights()
+    w[0, 0] = 0.0
+    full = DISTORTIONS["binarize"].apply(w, 1.0, _gen(), OPTS)
+    rms = float(w.pow(2).mean().sqrt())
+    assert torch.allclose(full.abs(), torch.full_like(w, rms))
+    assert torch.equal(full > 0, w >= 0)  # sign(0) = +1
+    mean_abs = DISTORTIONS["binarize"].apply(w, 1.0, _gen(), DistortionOptions(binary_scale="mean_abs"))
+    assert torch.allclose(mean_abs.abs(), w.abs().mean().expand_as(w))
+    part = DISTORTIONS["binarize"].apply(w, 0.3, _gen(), OPTS)
+    changed = (part != w).float().mean()
+    assert float(changed) == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(DISTORTIONS["binarize"].apply(w, 0.0, _gen(), OPTS), w)
+
+
+def test_power_interpolates_identity_and_binarize_keeping_the_layer_scale():
+    w = _weights()
+    power = DISTORTIONS["power"]
+    assert torch.allclose(power.apply(w, 1.0, None, OPTS), w, atol=1e-6)
+    assert torch.allclose(power.apply(w, 0.0, None, OPTS), DISTORTIONS["binarize"].apply(w, 1.0, None, OPTS))
+    half = power.apply(w, 0.5, None, OPTS)
+    assert float(half.pow(2).mean().sqrt()) == pytest.approx(float(w.pow(2).mean().sqrt()), rel=1e-5)
+    assert torch.equal(torch.sign(half), torch.sign(w))
+    # closed form: sign(w) |w / max|w||^beta, times the factor that restores the rms
+    v = torch.tensor([-2.0, -0.5, 0.5, 2.0])
+    shape = torch.tensor([-1.0, -0.5, 0.5, 1.0])
+    expected = shape * (v.pow(2).mean().sqrt() / shape.pow(2).mean().sqrt())
+    assert torch.allclose(power.apply(v, 0.5, None, OPTS), expected)
+
+
+def test_clip_bounds_the_layer_at_a_fraction_of_its_max():
+    w = _weights()
+    d = DISTORTIONS["clip"].apply(w, 0.4, None, OPTS)
+    bound = 0.4 * float(w.abs().max())
+    assert float(d.abs().max()) == pytest.approx(bound)
+    inside = w.abs() <= bound
+    assert torch.equal(d[inside], w[inside])
+
+
+def test_draws_are_reproducible_and_independent():
+    w = _weights()
+    add = DISTORTIONS["additive"]
+    a = add.apply(w, 0.5, _gen(draw_seed(0, "additive", 0.5, 0)), OPTS)
+    b = add.apply(w, 0.5, _gen(draw_seed(0, "additive", 0.5, 0)), OPTS)
+    c = add.apply(w, 0.5, _gen(draw_seed(0, "additive", 0.5, 1)), OPTS)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert draw_seed(0, "additive", 0.5, 0) != draw_seed(0, "multiplicative", 0.5, 0)
+
+
+@pytest.mark.parametrize("noise,levels,message", [
+    ("additive", [0.1, -0.2], "additive needs sigma >= 0, got -0.2"),
+    ("multiplicative", [float("nan")], "multiplicative needs sigma >= 0"),
+    ("binarize", [1.5], "binarize needs a fraction 0 <= p <= 1, got 1.5"),
+    ("power", [-1], "power needs beta >= 0"),
+    ("clip", [0], "clip needs a threshold c > 0, got 0"),
+])
+def test_bad_levels_name_the_noise_and_the_allowed_range(noise, levels, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        get_distortion(noise).check_levels(levels)
+
+
+def test_unknown_noise_lists_the_allowed_ones():
+    with pytest.raises(ValueError, match="--noise 'gaussian' is unknown; allowed: additive, multiplicative, "
+                                         "binarize, power, clip"):
+        get_distortion("gaussian")
+
+
+# --- effective bits -------------------------------------------------------------------------------
+
+def test_capacity_formula():
+    assert capacity_bits(1.0) == 0.5 and capacity_bits(3.0) == 1.0 and capacity_bits(0.0) == 0.0
+    assert capacity_bits(math.inf) == math.inf
+    assert sigma_for_bits(0.68) == pytest.approx(0.7989, abs=1e-4)  # the paper's 0.68 bits: SNR 1.567
+    assert capacity_bits(1 / sigma_for_bits(0.68) ** 2) == pytest.approx(0.68)
+
+
+def test_effective_bits_of_additive_and_multiplicative_noise():
+    a, b = _weights((50, 60), std=0.3), _weights((10, 20), std=2.0, seed=3)
+    for sigma in (0.25, 0.8, 2.0):  # sigma relative to each layer's std: the same SNR in every layer
+        assert effective_bits("additive", sigma, [a, b]) == pytest.approx(0.5 * math.log2(1 + sigma ** -2))
+    assert effective_bits("additive", 0.0, [a]) == math.inf
+    assert effective_bits("binarize", 1.0, [a]) is None and effective_bits("power", 0.5, [a]) is None
+    # max scale: the SNR differs per layer; the figure is the size-weighted mean
+    per = [0.5 * math.log2(1 + float(w.var(unbiased=False)) / (0.5 * float(w.abs().max())) ** 2) for w in (a, b)]
+    got = effective_bits("additive", 0.5, [a, b], DistortionOptions(sigma_scale="max"))
+    assert got == pytest.approx((per[0] * a.numel() + per[1] * b.numel()) / (a.numel() + b.numel()))
+    m = _weights(mean=0.0)
+    snr = float(m.var(unbiased=False)) / (0.5 ** 2 * float(m.pow(2).mean()))
+    assert effective_bits("multiplicative", 0.5, [m]) == pytest.approx(0.5 * math.log2(1 + snr))
+    # the formula's SNR is the measured one
+    d = DISTORTIONS["additive"].apply(m, 0.7, _gen(), OPTS)
+    measured = float(m.var(unbiased=False)) / float((d - m).pow(2).mean())
+    assert capacity_bits(measured) == pytest.approx(effective_bits("additive", 0.7, [m]), rel=0.02)
+
+
+def test_tolerance_level_interpolates():
+    levels = torch.tensor([0.0, 0.5, 1.0, 1.5]).numpy()
+    errors = torch.tensor([2.0, 2.5, 3.5, 10.0]).numpy()
+    assert tolerance_level(levels, errors, 2.0, 1.0) == pytest.approx(0.75)
+    assert tolerance_level(levels, errors + 5, 2.0, 1.0) != tolerance_level(levels, errors + 5, 2.0, 1.0)  # nan
+    betas = torch.tensor([1.0, 0.5, 0.0]).numpy()
+    assert tolerance_level(betas, torch.tensor([1.0, 1.5, 1.8]).numpy(), 1.0, 1.0, True) == 0.0
+
+
+# --- sweeps of real (tiny) trained runs -----------------------------------------------------------
+
+TINY = ["scale=smoke", "scale.train_subset=500", "scale.epochs=1", "train.progress=false", "train.num_threads=1"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from conftest import data_root
+
+    root = data_root()
+    if root is None:
+        pytest.skip("MNIST archives not found (set BNNREPRO_DATA or put them in ../shared/data)")
+    runs = tmp_path_factory.mktemp("runs")
+    out = {}
+    for projection in ("none", "sign"):
+        cfg = compose([f"+experiment=merolla_{projection}", *TINY, f"data.root={root}", f"runs_dir={runs}"])
+        out[projection] = fit(cfg)
+    (runs / "runs.txt").write_text("".join(f"{p}\n" for p in out.values()))
+    return {"root": root, "runs": runs, **out}
+
+
+def _md5(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def test_cli_sweep_writes_csv_md_png_and_leaves_checkpoints_untouched(trained, tmp_path, capsys):
+    checkpoints = [r / name for r in (trained["none"], trained["sign"]) for name in ("best.pt", "last.pt")]
+    before = {p: _md5(p) for p in checkpoints}
+    out = tmp_path / "out"
+    code = commands.main(["--noise", "additive", "binarize", f"run={trained['runs']}", "--draws", "3",
+                          "--out", str(out), "--quiet", "--data-root", str(trained["root"])])
+    assert code == 0, capsys.readouterr().err
+    assert {p: _md5(p) for p in checkpoints} == before
+    for noise, n_levels in (("additive", 10), ("binarize", 9)):
+        df = pd.read_csv(out / f"robustness_{noise}.csv")
+        assert len(df) == 2 * n_levels  # one row per run x level
+        assert set(df["projection"]) == {"none", "sign"}
+        for column in ("run", "projection", "noise", "level", "error_mean", "error_std", "draws",
+                       "effective_bits", "clean_error", "train_seed"):
+            assert column in df.columns
+        random = df["level"].map(DISTORTIONS[noise].random)
+        assert (df.loc[random, "draws"] == 3).all() and (df.loc[~random, "draws"] == 1).all()
+        assert (df.loc[~random, "error_std"] == 0).all()
+        draws = pd.read_csv(out / f"robustness_{noise}_draws.csv")
+        assert len(draws) == df["draws"].sum()
+        md = (out / f"robustness_{noise}.md").read_text()
+        assert "| level |" in md and "none" in md and "sign" in md
+        assert (out / f"robustness_{noise}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    additive = pd.read_csv(out / "robustness_additive.csv")
+    bits = additive[additive["level"] == 0.8]["effective_bits"]
+    assert bits.to_numpy() == pytest.approx([0.5 * math.log2(1 + 0.8 ** -2)] * 2)
+    # the undistorted level of the effective weights is the trained net: its recorded test error
+    clean = additive[additive["level"] == 0.0]
+    assert (clean["error_mean"] == clean["trained_test_error"]).all()
+    binarize = pd.read_csv(out / "robustness_binarize.csv")
+    sign_full = binarize[(binarize["projection"] == "sign") & (binarize["level"] == 1.0)]
+    assert float(sign_full["error_mean"].iloc[0]) == float(sign_full["clean_error"].iloc[0])
+    assert commands.main(["--claims", str(out)]) == 0
+    claims = (out / "claims.md").read_text()
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+        assert heading in claims
+    assert "Not tested: no power sweep found." in claims  # a missing sweep says so
+    assert write_claims([out], tmp_path / "elsewhere").read_text() == claims
+
+
+def test_sweep_levels_draws_and_latent_weights(trained):
+    opts = SweepOptions(levels=(0.0, 0.5), draws=2, weights="latent", progress=False,
+                        data_root=str(trained["root"]))
+    rows = sweep_run(trained["sign"], ["multiplicative"], opts)
+    assert [(r["level"], r["draw"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1)]
+    # latent weights rescaled to rms 1 and binarized with the rms scale: exactly the sign-trained net
+    opts = SweepOptions(levels=(1.0,), weights="latent", progress=False, data_root=str(trained["root"]))
+    (row,) = sweep_run(trained["sign"], ["binarize"], opts)
+    assert row["error"] == row["trained_test_error"]
+
+
+def test_bn_recalibration_is_the_average_of_batch_statistics():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.BatchNorm1d(3, momentum=0.1)).eval()
+    x = torch.randn(300, 5) * 2 + 1
+    recalibrate_bn(model, x, batch_size=100)
+    bn = model[1]
+    with torch.no_grad():
+        h = model[0](x).view(3, 100, 3)
+    assert torch.allclose(bn.running_mean, h.mean(1).mean(0), atol=1e-5)
+    assert torch.allclose(bn.running_var, h.var(1, unbiased=True).mean(0), atol=1e-5)
+    assert not bn.training and bn.momentum == 0.1
+
+
+def test_sweep_with_bn_recalibration(trained):
+    opts = SweepOptions(levels=(0.0, 1.0), bn_recalibrate=500, progress=False, data_root=str(trained["root"]))
+    rows = sweep_run(trained["none"], ["binarize"], opts)
+    assert [r["bn_recalibrate"] for r in rows] == [500, 500]
+    assert 0 < rows[0]["clean_error"] < 60 and rows[1]["error"] >= 0
+
+
+def test_distortion_acts_on_a_copy(trained):
+    model, _ = load_model(trained["none"])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    net = DistortableCopy(model)
+    net.set(DISTORTIONS["additive"], 1.0, _gen(), OPTS)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert not torch.equal(net.layers[0].weight, before["1.weight"])
+
+
+def test_run_discovery(trained, tmp_path):
+    both = [trained["none"], trained["sign"]]
+    assert discover([trained["runs"]]) == both  # runs.txt
+    assert discover([trained["runs"] / "runs.txt"]) == both
+    (trained["runs"] / "runs.txt").rename(tmp_path / "runs.txt")
+    try:
+        assert sorted(discover([trained["runs"]])) == sorted(both)  # a folder of run directories
+    finally:
+        (tmp_path / "runs.txt").rename(trained["runs"] / "runs.txt")
+    assert discover([trained["sign"], trained["sign"] / "best.pt", trained["sign"]]) == [
+        trained["sign"], trained["sign"] / "best.pt"]
+
+
+# --- bad input fails fast, with one line naming the problem ----------------------------------------
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Any attempt to load a model or data fails the test: bad input must be caught before."""
+    import bnnrepro.robustness.evaluation as evaluation
+    import bnnrepro.robustness.sweep as sweep
+
+    def boom(*a, **k):
+        raise AssertionError("loaded a model or data before rejecting bad input")
+
+    monkeypatch.setattr(sweep, "load_model", boom)
+    monkeypatch.setattr(evaluation.datasets, "load", boom)
+
+
+def _run_dir_without_checkpoint(tmp_path):
+    run = tmp_path / "crashed"
+    run.mkdir()
+    (run / "config.yaml").write_text("seed: 0\n")
+    return run
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--noise", "gaussian"], "--noise 'gaussian' is unknown; allowed: additive, multiplicative"),
+    (["--noise", "additive", "--levels", "0.1", "-0.5"], "additive needs sigma >= 0, got -0.5"),
+    (["--noise", "additive", "--levels", "0,x"], "is not a number"),
+    (["--noise", "additive", "binarize", "--levels", "0.5"], "--levels applies to one --noise"),
+    (["--levels", "0.5"], "--noise is required"),
+    (["--noise", "additive"], "no runs given"),
+    (["--noise", "additive", "--draws", "0"], "--draws 0 must be a positive integer"),
+    (["--noise", "additive", "--weights", "binary"], "--weights 'binary' is unknown; allowed: effective"),
+    (["--noise", "additive", "--sigma-scale", "var"], "sigma scale 'var' is unknown; allowed: std"),
+    (["--noise", "additive", "--bogus"], "unrecognized arguments: --bogus"),
+    (["--noise", "additive", "--runs", "/nonexistent/run"], "--runs /nonexistent/run: no such file"),
+    (["--noise", "additive", "--runs", "CRASHED"], "has no checkpoint (best.pt or last.pt)"),
+    (["--noise", "additive", "--runs", "EMPTY"], "holds no runs.txt and no run directories"),
+])
+def test_bad_input_fails_fast_with_one_line(args, message, tmp_path, capsys, no_loading):
+    crashed, empty = _run_dir_without_checkpoint(tmp_path), tmp_path / "e"
+    empty.mkdir()
+    args = [a.replace("CRASHED", str(crashed)).replace("EMPTY", str(empty)) for a in args]
+    if "--runs" not in args and message != "no runs given":
+        args += ["--runs", str(tmp_path)]  # the bad option must be caught before the runs are looked at
+    code = commands.main(args + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.startswith("bnnrepro: error: robustness: ") and "\n" not in err
+    assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_output_fails_before_the_sweep(tmp_path, capsys, no_loading):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"not read before the output folder is checked")
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    code = commands.main(["--noise", "additive", "--runs", str(run), "--out", str(blocker / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "is not writable" in err and str(blocker / "out") in err
