@@ -9,14 +9,17 @@ export BNNREPRO_DATA ?= $(if $(wildcard $(SHARED_DATA)/MNIST),$(SHARED_DATA),)
 SCALE ?= quick
 SEEDS ?= 0,1,2
 
-.PHONY: setup demo smoke test test-all bench clean help
+.PHONY: setup demo smoke test test-all test-faults bench clean help study-merolla quant-grid
 
 help:
 	@echo "make setup   create .venv with torch (CPU build without a GPU) and bnnrepro"
 	@echo "make demo    setup, then train BNN (+paper=bnn) on MNIST at scale=$(SCALE)"
 	@echo "make test    the default test suite (slow tests excluded)"
 	@echo "make test-all  every test, slow ones included"
+	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
+	@echo "make study-merolla   Merolla et al. robustness study on MNIST (quick scale, ~30-45 min)"
+	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (quick scale, 2 seeds)"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
 setup: $(VENV)/.installed
@@ -24,7 +27,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	$(PYTHON) -m venv $(VENV)
 	scripts/install_torch.sh $(BIN)/pip
-	$(BIN)/pip install -e '.[test]'
+	$(BIN)/pip install -e '.[test,slurm]'
 	touch $@
 
 demo: setup
@@ -39,8 +42,20 @@ test: setup
 test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
+FAULT_TESTS := tests/test_faults.py tests/test_bad_inputs.py \
+	tests/test_train.py::test_truncated_last_checkpoint_falls_back_to_previous \
+	tests/test_train.py::test_nan_loss_stops_naming_epoch_and_step
+test-faults: setup
+	$(BIN)/python -m pytest -q $(FAULT_TESTS)
+
 bench: setup
 	$(BIN)/bnnrepro bench
+
+study-merolla: setup
+	scripts/merolla_study.sh
+
+quant-grid: setup
+	$(BIN)/python scripts/quant_grid.py --jobs 2
 
 include scripts/tables.mk
 

@@ -7,6 +7,7 @@
 """
 from __future__ import annotations
 
+import os
 import sys
 
 from omegaconf import DictConfig
@@ -73,6 +74,8 @@ def _train_task(cfg: DictConfig) -> None:
         run_dir = fit(cfg)
     except user_errors() as err:
         _fail(err)
+    if os.environ.get("RANK", "0") != "0":
+        return  # torchrun: rank 0 reports the run
     _record_in_sweep(run_dir)
     print(f"run: {run_dir}")
 

@@ -85,6 +85,12 @@ class TrainConfig:
     num_threads: Optional[int] = None   # torch intra-op threads; null: torch's default
     progress: bool = True
     deterministic: bool = True
+    # GPU-path knobs (no effect on results in fp32 defaults). amp=bf16 autocasts the training forward:
+    # matmuls/convs take bf16 inputs (exact for +-1 operands), while latent weights, optimizer state,
+    # the quantizers' fp32 inputs on weights, the loss and evaluation stay fp32.
+    amp: str = "none"                   # none | bf16
+    channels_last: bool = False         # NHWC memory format for conv models (faster convs on GPUs)
+    compile: bool = False               # torch.compile the training forward (inductor needs a C++ compiler)
 
 
 @dataclass
@@ -93,6 +99,7 @@ class ScaleConfig:
     epochs: Optional[int] = None        # cap on train.epochs (null: the preset's)
     width_mult: float = 1.0             # multiplies model.width_mult
     train_subset: Optional[int] = None  # cap on the training examples
+    max_dropout_hidden: Optional[float] = None  # cap on model.dropout_hidden (narrow nets underfit)
     # truncate: run the first `epochs` epochs of the paper's LR schedule (defined over train.epochs);
     # compress: squeeze the whole schedule into the scaled epochs
     schedule: str = "truncate"
@@ -140,6 +147,7 @@ CHOICES = {
     "scale.schedule": ("truncate", "compress"),
     "optim.lr_scale": ("glorot", "glorot_pow2", "none"),
     "train.loss": ("squared_hinge", "cross_entropy"),
+    "train.amp": ("none", "bf16"),
     "device": ("cpu", "cuda", "auto"),
     "logger.name": ("local", "wandb"),
 }
@@ -211,6 +219,8 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{dotted}={_get(cfg, dotted)!r} must be a positive integer")
     for dotted in ("model.dropout_in", "model.dropout_hidden", "model.bn_momentum"):
         _fraction(cfg, dotted)
+    if cfg.scale.max_dropout_hidden is not None:
+        _fraction(cfg, "scale.max_dropout_hidden")
     if cfg.data.val_size is not None and cfg.data.val_size < 0:
         raise ConfigError(f"data.val_size={cfg.data.val_size} must be >= 0")
     if not 0.0 < cfg.optim.gamma <= 1.0:
@@ -219,6 +229,10 @@ def validate(cfg: DictConfig) -> None:
         if width <= 0:
             raise ConfigError(f"model widths must be positive, got {width}")
     _check_model_kwargs(cfg)
+    if cfg.run_name is not None and (not str(cfg.run_name).strip() or "/" in str(cfg.run_name)
+                                     or "\\" in str(cfg.run_name) or str(cfg.run_name) in (".", "..")):
+        raise ConfigError(f"run_name={cfg.run_name!r} must be a plain directory name (no '/', not '.' or '..'); "
+                          "the run goes under runs_dir")
     if cfg.device == "cuda":
         import torch
 

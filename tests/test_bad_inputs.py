@@ -41,23 +41,46 @@ CONFIG_CASES = [
     (["train.epochs=abc"], "train.epochs"),            # Hydra's typed schema
     (["data=nosuch"], "nosuch"),                       # unknown config group option
     (["+paper=qnn9"], "qnn9"),                         # unknown preset
+    # scale-out and GPU knobs, run names, more ranges and types
+    (["train.amp=fp16"], "train.amp='fp16' is not allowed; allowed: none, bf16"),
+    (["train.channels_last=maybe"], "train.channels_last"),
+    (["train.compile=maybe"], "train.compile"),
+    (["hydra/launcher=nosuch"], "hydra/launcher/nosuch"),
+    (["run_name=../escape"], "run_name='../escape' must be a plain directory name"),
+    (["seed=abc"], "seed"),
+    (["train.batch_size=1.5"], "train.batch_size"),
+    (["model.width_mult=0"], "model.width_mult=0.0 must be a positive number"),
+    (["data.download=maybe"], "data.download='maybe' is not allowed; allowed: auto, true, false"),
+    (["device=tpu"], "device='tpu' is not allowed; allowed: cpu, cuda, auto"),
+    (["optim.lr=-1"], "optim.lr=-1.0 must be a positive number"),
+    (["model.hidden=[0]"], "model widths must be positive, got 0"),
+    (["optim.gamma=2"], "optim.gamma=2.0 must be in (0, 1]"),
+    (["data.val_size=-1"], "data.val_size=-1 must be >= 0"),
+    (["model.name=lstm_lm"], "needs the language-model loop"),
+    (["nosuchkey=1"], "nosuchkey"),
+    (["model.variant=A"], "model.variant='A' is not used by model 'mlp'"),
 ]
+LIMIT_S = 5.0  # a bad value is refused within this many seconds
 
 
 @pytest.mark.parametrize("overrides,message", CONFIG_CASES, ids=[c[0][0] for c in CONFIG_CASES])
-def test_bad_config_values(overrides, message, runs_dir):
+def test_bad_config_values(overrides, message, runs_dir, record_property):
     if overrides == ["device=cuda"]:
         import torch
         if torch.cuda.is_available():
             pytest.skip("a CUDA device is available")
-    out = _cli(["train", "+paper=bnn", "scale=smoke", *overrides])
+    record_property("bad_inputs", 1)
+    args = ["train", "+paper=bnn", "scale=smoke", *overrides]
+    out = _cli(args)
     assert out.returncode != 0
     assert message in out.stderr + out.stdout
+    assert TIMES[" ".join(args)] < LIMIT_S
     assert "Traceback" not in out.stderr or "train.epochs=abc" in " ".join(overrides)
     assert not runs_dir.exists() or not any(runs_dir.iterdir())  # no run directory was even created
 
 
-def test_missing_data_offline_lists_files(tmp_path, runs_dir):
+def test_missing_data_offline_lists_files(tmp_path, runs_dir, record_property):
+    record_property("bad_inputs", 1)
     empty = tmp_path / "empty"
     empty.mkdir()
     out = _cli(["train", "+paper=bnn", "scale=smoke", f"data.root={empty}", "data.download=false"])
@@ -68,7 +91,8 @@ def test_missing_data_offline_lists_files(tmp_path, runs_dir):
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
-def test_corrupt_archive_names_file_and_checksum(tmp_path, mnist_root, runs_dir):
+def test_corrupt_archive_names_file_and_checksum(tmp_path, mnist_root, runs_dir, record_property):
+    record_property("faults", 1)
     root = tmp_path / "data"
     shutil.copytree(mnist_root / "MNIST", root / "MNIST")
     victim = root / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
@@ -81,7 +105,8 @@ def test_corrupt_archive_names_file_and_checksum(tmp_path, mnist_root, runs_dir)
     assert not _completed_runs(runs_dir) if runs_dir.exists() else True
 
 
-def test_unwritable_runs_dir(tmp_path, mnist_root):
+def test_unwritable_runs_dir(tmp_path, mnist_root, record_property):
+    record_property("faults", 1)
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     out = _cli(["train", "+paper=bnn", "scale=smoke", f"data.root={mnist_root}"],
@@ -90,18 +115,29 @@ def test_unwritable_runs_dir(tmp_path, mnist_root):
     assert "is not writable" in out.stderr and str(blocker / "runs") in out.stderr
 
 
-def test_resume_of_missing_run(tmp_path, runs_dir):
+def test_resume_of_missing_run(tmp_path, runs_dir, record_property):
+    record_property("bad_inputs", 3)
     out = _cli(["train", f"resume={tmp_path / 'nope'}"])
     assert out.returncode == 2 and "no such run directory" in out.stderr
+    a_file = tmp_path / "last.pt"
+    a_file.write_bytes(b"not a run")
+    out = _cli(["train", f"resume={a_file}"])
+    assert out.returncode == 2 and "no such run directory" in out.stderr
+    out = _cli(["train", f"resume={tmp_path}"])  # a directory, but not a run's
+    assert out.returncode == 2 and "no config.yaml there; is it a bnnrepro run directory?" in out.stderr
 
 
-def test_eval_of_dir_without_checkpoint(tmp_path):
+def test_eval_of_dir_without_checkpoint(tmp_path, record_property):
+    record_property("bad_inputs", 2)
     out = _cli(["eval", str(tmp_path)])
     assert out.returncode == 2 and "has no checkpoint" in out.stderr
+    out = _cli(["eval", str(tmp_path / "nope.pt")])
+    assert out.returncode == 2 and "is neither a run directory nor a checkpoint file" in out.stderr
 
 
-def test_eval_rejects_crafted_pickle(tmp_path):
+def test_eval_rejects_crafted_pickle(tmp_path, record_property):
     """A checkpoint that would run code when unpickled is refused, and the code does not run."""
+    record_property("faults", 1)
     import pickle
 
     marker = tmp_path / "pwned"
@@ -117,7 +153,8 @@ def test_eval_rejects_crafted_pickle(tmp_path):
     assert not marker.exists()
 
 
-def test_unknown_command_and_eval_option(tmp_path):
+def test_unknown_command_and_eval_option(tmp_path, record_property):
+    record_property("bad_inputs", 2)
     out = _cli(["trian"])
     assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
     out = _cli(["eval", str(tmp_path), "engine=gpu"])
@@ -128,3 +165,4 @@ def teardown_module(module):
     if TIMES:
         worst = max(TIMES.values())
         print(f"\nbad inputs: {len(TIMES)} CLI calls, slowest {worst:.2f} s")
+        assert worst < 2 * LIMIT_S, TIMES  # every call, not only the config cases, fails fast

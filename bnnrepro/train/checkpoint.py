@@ -19,6 +19,10 @@ VERSION = 1
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 class CheckpointError(RuntimeError):
     pass
 
@@ -28,6 +32,7 @@ def atomic_write_bytes(path: Path, write) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; run files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

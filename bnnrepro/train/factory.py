@@ -14,6 +14,11 @@ def effective_width_mult(cfg) -> float:
     return float(cfg.model.width_mult) * float(cfg.scale.width_mult)
 
 
+def effective_dropout_hidden(cfg) -> float:
+    cap = cfg.scale.get("max_dropout_hidden")
+    return float(cfg.model.dropout_hidden) if cap is None else min(float(cfg.model.dropout_hidden), cap)
+
+
 def effective_epochs(cfg) -> int:
     return int(min(cfg.train.epochs, cfg.scale.epochs)) if cfg.scale.epochs else int(cfg.train.epochs)
 
@@ -34,7 +39,7 @@ def model_kwargs(cfg) -> dict:
     kwargs = dict(
         hidden=tuple(cfg.model.hidden), channels=tuple(cfg.model.channels), fc=tuple(cfg.model.fc),
         width_mult=effective_width_mult(cfg), dropout_in=cfg.model.dropout_in,
-        dropout_hidden=cfg.model.dropout_hidden, bias=cfg.model.bias, init=cfg.model.init,
+        dropout_hidden=effective_dropout_hidden(cfg), bias=cfg.model.bias, init=cfg.model.init,
         batchnorm=cfg.model.batchnorm, bn_eps=cfg.model.bn_eps, bn_momentum=cfg.model.bn_momentum,
         variant=cfg.model.variant,
         weight_quant=q.weight, w_bits=q.w_bits, weight_kwargs=dict(q.weight_kwargs),

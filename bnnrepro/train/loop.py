@@ -17,23 +17,17 @@ from tqdm import tqdm
 from .. import data as datasets
 from ..config import Config, validate
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
-from . import checkpoint, rundir
-from .batches import batches, epoch_order, evaluate, num_batches
-from .factory import (build_loss, build_model, effective_epochs, effective_train_subset,
-                      effective_width_mult, schedule_epochs)
-from .loggers import build_logger
+from . import checkpoint, distributed, rundir
+from .batches import epoch_order, num_batches
+from .factory import (build_loss, build_model, effective_dropout_hidden, effective_epochs,
+                      effective_train_subset, effective_width_mult, schedule_epochs)
+from .loggers import LocalLogger, build_logger
 
 SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -60,8 +54,13 @@ def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
     leaves one extra line, which the resumed epoch rewrites."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if r["epoch"] <= epochs_done]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            pass  # a line torn by a crash (or blank); its epoch is rerun
+    return [r for r in rows if isinstance(r, dict) and r.get("epoch", math.inf) <= epochs_done]
 
 
 def _finished_status(run_dir: Path) -> str | None:
@@ -91,20 +90,34 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
     # missing or corrupt archives fail here, before a run directory exists (md5s are cached)
     datasets.check(cfg.data.name, cfg.data.root, download=cfg.data.download, use_extra=cfg.data.use_extra)
     run_dir = rundir.create(root, cfg.run_name, rundir.default_name(cfg))
-    OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
+    _atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     return cfg, run_dir, None
 
 
+def _atomic_write_text(path: Path, text: str) -> None:
+    checkpoint.atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
 def fit(cfg: DictConfig) -> Path:
-    """Train per ``cfg``; returns the run directory. ``cfg.resume`` continues an interrupted run."""
-    cfg, run_dir, state = prepare(cfg)
+    """Train per ``cfg``; returns the run directory. ``cfg.resume`` continues an interrupted run.
+    Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel job (see distributed.py)."""
+    ctx = distributed.setup()
+    try:
+        return _fit(cfg, ctx)
+    finally:
+        ctx.close()
+
+
+def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
+    cfg, run_dir, state = ctx.on_main(prepare, cfg)  # only rank 0 touches the runs root
     if state and state.get("finished"):
-        print(f"run {run_dir} is already {state['finished']}; nothing to do", file=sys.stderr)
+        if ctx.is_main:
+            print(f"run {run_dir} is already {state['finished']}; nothing to do", file=sys.stderr)
         return run_dir
     t_start = time.time()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
-    device = _device(cfg.device)
+    device = ctx.device(cfg.device)
     _seed_everything(int(cfg.seed), cfg.train.deterministic)
     epochs = effective_epochs(cfg)
 
@@ -113,28 +126,44 @@ def fit(cfg: DictConfig) -> Path:
                            train_subset=effective_train_subset(cfg), use_extra=cfg.data.use_extra,
                            image_size=cfg.data.image_size)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model = ctx.wrap(model, device)  # distributed: BatchNorm over the global batch
+    ctx.seed(int(cfg.seed))
     loss_fn = build_loss(cfg.train.loss)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg))
     clip = LatentWeightClipper(model, cfg.optim.clip_latent)
+    train_model = ctx.ddp(model, device)
+    if cfg.train.compile:
+        train_model = torch.compile(train_model)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.train.amp == "bf16")
+    # every split lives on the device (uint8): batches are slices, no host-to-device copy per step
     train_x, train_y = splits.train_x.to(device), splits.train_y.to(device)
+    val_x, val_y = splits.val_x.to(device), splits.val_y.to(device)
+    test_x, test_y = splits.test_x.to(device), splits.test_y.to(device)
 
     start_epoch, best, wall_before = 0, {"val_error": math.inf, "test_error": None, "epoch": 0}, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if device.type == "cuda" and state["rng"].get("cuda") is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"])
+        if ctx.active:
+            ctx.restore_rng(state["rng"], int(cfg.seed), state["epoch"], device)
+        else:
+            torch.set_rng_state(state["rng"]["torch"])
+            if device.type == "cuda" and state["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(state["rng"]["cuda"])
         start_epoch, best, wall_before = state["epoch"], dict(state["best"]), state["wall_time_s"]
-        print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
-    history = _read_metrics(run_dir / METRICS, start_epoch)
-    with open(run_dir / METRICS, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in history)
+        if ctx.is_main:
+            print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
+    history = ctx.on_main(_read_metrics, run_dir / METRICS, start_epoch)
+    if ctx.is_main:  # atomically: a kill right here must not lose the finished epochs' lines
+        _atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
-    logger = build_logger(cfg, run_dir)
-    _print_header(cfg, run_dir, splits, model, epochs, device)
+    logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
+    if ctx.is_main:
+        _print_header(cfg, run_dir, splits, model, epochs, device, ctx.world)
     n_train = train_x.shape[0]
     steps = num_batches(n_train, cfg.train.batch_size)
     for epoch in range(start_epoch + 1, epochs + 1):
@@ -142,32 +171,37 @@ def fit(cfg: DictConfig) -> Path:
         model.train()
         order = epoch_order(n_train, int(cfg.seed), epoch).to(device)
         loss_sum, seen = 0.0, 0
-        bar = tqdm(batches(train_x, train_y, cfg.train.batch_size, splits.preprocess, order, device),
+        bar = tqdm(ctx.batches(train_x, train_y, cfg.train.batch_size, splits.preprocess, order, device),
                    total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5,
-                   disable=not cfg.train.progress, file=sys.stderr)
-        for step, (xb, yb) in enumerate(bar, 1):
-            loss = loss_fn(model(xb), yb)
-            if not torch.isfinite(loss):
-                message = (f"loss is {float(loss)} at epoch {epoch}, step {step}; the last good checkpoint "
-                           f"(epoch {epoch - 1}) is kept in {run_dir}")
-                checkpoint.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
-                                                                 "epoch": epoch, "step": step})
+                   disable=not cfg.train.progress or not ctx.is_main, file=sys.stderr)
+        for step, (xb, yb, n_global) in enumerate(bar, 1):
+            if cfg.train.channels_last and xb.dim() == 4:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            with autocast:  # bf16 matmuls/convs; parameters, quantized weights' source and loss stay fp32
+                out = train_model(xb)
+            loss, global_loss = ctx.loss(loss_fn, out.float(), yb, n_global)
+            if not torch.isfinite(global_loss):
+                message = (f"loss is {float(global_loss)} at epoch {epoch}, step {step}; the last good "
+                           f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
+                if ctx.is_main:
+                    checkpoint.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
+                                                                     "epoch": epoch, "step": step})
                 raise TrainingDiverged(message)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             clip()
-            loss_sum += float(loss.detach()) * yb.shape[0]
-            seen += yb.shape[0]
+            loss_sum += float(global_loss) * n_global
+            seen += n_global
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         train_time = time.time() - t0
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
-        val = evaluate(model, splits.val_x, splits.val_y, splits.preprocess, cfg.train.eval_batch_size,
-                       loss_fn, device)
-        test = evaluate(model, splits.test_x, splits.test_y, splits.preprocess, cfg.train.eval_batch_size,
-                        loss_fn, device)
+        # evaluated in fp32 on the plain model, as `bnnrepro eval` would
+        ctx.sync_buffers(model)
+        val = ctx.evaluate(model, val_x, val_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)
+        test = ctx.evaluate(model, test_x, test_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)
         # BNN protocol: the test error reported is the one at the epoch of best validation error
         # (ties go to the later epoch, as in the Theano code's `<=`); no validation set: last epoch.
         improved = not (val["error"] > best["val_error"])
@@ -178,20 +212,31 @@ def fit(cfg: DictConfig) -> Path:
                "best_val_error": best["val_error"], "best_test_error": best["test_error"],
                "epoch_time_s": time.time() - t0, "train_time_s": train_time,
                "images_per_s": seen / train_time}
+        history.append(row)
+        rng = ctx.rng_states(device)  # a collective: every rank, before rank 0 writes
+        if not ctx.is_main:
+            continue
         with open(run_dir / METRICS, "a") as f:
             f.write(json.dumps(row) + "\n")
         logger.log(row)
-        history.append(row)
         wall = wall_before + time.time() - t_start
-        if improved:
-            checkpoint.save(run_dir / checkpoint.BEST, _state(cfg, splits, model, epoch, best, wall))
-        checkpoint.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
-                                             device))
+        try:
+            if improved:
+                checkpoint.save(run_dir / checkpoint.BEST, _state(cfg, splits, model, epoch, best, wall))
+            checkpoint.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
+                                                 device, rng))
+        except OSError as err:  # disk full, quota, I/O error: the files written so far stay as they were
+            raise checkpoint.CheckpointError(
+                f"could not write the checkpoint of epoch {epoch} in {run_dir}: {err.strerror or err}; "
+                f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}") from None
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
               f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
               f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
 
+    if not ctx.is_main:
+        return run_dir
     summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
+    summary["world_size"] = ctx.world
     checkpoint.atomic_write_json(run_dir / SUMMARY, summary)
     logger.finish(summary)
     print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
@@ -199,7 +244,8 @@ def fit(cfg: DictConfig) -> Path:
     return run_dir
 
 
-def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None) -> dict:
+def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None,
+           rng_ranks=None) -> dict:
     state = {"epoch": epoch, "best": best, "wall_time_s": wall,
              "config": OmegaConf.to_container(cfg, resolve=True),
              "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
@@ -209,6 +255,8 @@ def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None
         state["scheduler"] = scheduler.state_dict()
         state["rng"] = {"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state() if device.type == "cuda" else None}
+        if rng_ranks is not None:  # distributed: every rank's generators, so a resume is exact
+            state["rng"]["ranks"] = rng_ranks
     return state
 
 
@@ -226,6 +274,9 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
                       "activation": cfg.quant.activation, "a_bits": cfg.quant.a_bits,
                       "gradient": cfg.quant.gradient, "g_bits": cfg.quant.g_bits},
         "scale": cfg.scale.name, "width_mult": effective_width_mult(cfg),
+        "effective": {"epochs": epochs, "width_mult": effective_width_mult(cfg),
+                      "dropout_hidden": effective_dropout_hidden(cfg), "lr_schedule_epochs": schedule_epochs(cfg),
+                      "train_examples": int(splits.train_x.shape[0])},
         "train_examples": int(splits.train_x.shape[0]), "seed": int(cfg.seed),
         "paper": cfg.paper, "experiment": cfg.experiment,
         "n_params": sum(p.numel() for p in model.parameters()),
@@ -234,7 +285,7 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
     }
 
 
-def _print_header(cfg, run_dir, splits, model, epochs, device) -> None:
+def _print_header(cfg, run_dir, splits, model, epochs, device, world=1) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     print(f"bnnrepro train: {cfg.experiment or cfg.paper or cfg.model.name} on {cfg.data.name} "
           f"[scale={cfg.scale.name}: {cfg.scale.description}]\n"
@@ -242,5 +293,6 @@ def _print_header(cfg, run_dir, splits, model, epochs, device) -> None:
           f"weights {cfg.quant.weight}, activations {cfg.quant.activation}; {epochs} of "
           f"{cfg.train.epochs} epochs (LR schedule: {cfg.optim.schedule} over {schedule_epochs(cfg)} epochs), "
           f"batch {cfg.train.batch_size}, {splits.train_x.shape[0]} train / {splits.val_x.shape[0]} val / "
-          f"{splits.test_x.shape[0]} test; device {device}, {torch.get_num_threads()} threads\n"
+          f"{splits.test_x.shape[0]} test; device {device}, {torch.get_num_threads()} threads"
+          f"{f', {world} processes (DDP, global batch)' if world > 1 else ''}\n"
           f"  run dir {run_dir}", file=sys.stderr)

@@ -22,14 +22,16 @@ def runs_root(configured: str) -> Path:
 
 def check_writable(root: Path) -> None:
     """Fail before any training when the runs root cannot take a run directory."""
+    probe = root / f".write-test-{os.getpid()}-{secrets.token_hex(3)}"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        probe = root / f".write-test-{os.getpid()}-{secrets.token_hex(3)}"
         probe.write_bytes(b"x")
-        probe.unlink()
     except OSError as err:
         raise PermissionError(f"runs directory {root} is not writable ({err.strerror}); "
                               f"set runs_dir=... or env {RUNS_ENV} to a writable folder") from None
+    finally:
+        if root.is_dir():
+            probe.unlink(missing_ok=True)
 
 
 def default_name(cfg) -> str:
