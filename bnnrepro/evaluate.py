@@ -41,7 +41,7 @@ def run(target: str, opts: dict) -> dict:
     if opts["engine"] == "packed":
         from .kernels.commands import predict_packed
 
-        pred = torch.as_tensor(predict_packed(model, x)).reshape(-1)
+        pred = torch.as_tensor(predict_packed(model, x, preprocessing=cfg.data.preprocessing)).reshape(-1)
         error = 100.0 * float((pred != y).float().mean())
     else:
         error = evaluate(model, x, y, splits.preprocess, opts["batch_size"])["error"]

@@ -29,3 +29,14 @@ def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs
     except KeyError:
         raise ValueError(f"model.name={name!r} is unknown; allowed: {', '.join(names())}") from None
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+
+
+def stages(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+    """The model's stages in order, nested Sequential containers flattened; ``(name, module)``.
+    The packed engine and the bit-aware summary both walk a model through this."""
+    if isinstance(model, nn.Sequential):
+        out = []
+        for name, child in model.named_children():
+            out += stages(child, f"{prefix}{name}.")
+        return out
+    return [(prefix[:-1] or type(model).__name__, model)]

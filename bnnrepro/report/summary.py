@@ -27,6 +27,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ..models import stages
+
 KEEPS_BITS = (nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.ConstantPad2d, nn.ZeroPad2d, nn.Identity)
 FLOAT = 32
 
@@ -111,16 +113,6 @@ class ModelSummary:
 
 # ------------------------------------------------------------------------------------ walking
 
-def _leaves(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
-    """Sequential containers flattened to their stages; any other module is one stage."""
-    if isinstance(model, nn.Sequential):
-        out = []
-        for name, child in model.named_children():
-            out += _leaves(child, f"{prefix}{name}.")
-        return out
-    return [(prefix[:-1] or type(model).__name__, model)]
-
-
 def _is_activation_quantizer(m: nn.Module) -> bool:
     return hasattr(m, "precision") and not any(True for _ in m.parameters()) and not hasattr(m, "weight")
 
@@ -135,10 +127,10 @@ def _quantized_weights(m: nn.Module) -> dict[str, int]:
 
 
 @torch.no_grad()
-def _output_shapes(model: nn.Module, stages, input_shape) -> tuple[dict, str | None]:
+def _output_shapes(model: nn.Module, layers, input_shape) -> tuple[dict, str | None]:
     shapes: dict[str, tuple] = {}
     hooks = [m.register_forward_hook(lambda mod, inp, out, n=n: shapes.__setitem__(
-        n, tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None)) for n, m in stages]
+        n, tuple(out.shape[1:]) if isinstance(out, torch.Tensor) else None)) for n, m in layers]
     was_training = model.training
     model.eval()
     try:
@@ -154,13 +146,13 @@ def _output_shapes(model: nn.Module, stages, input_shape) -> tuple[dict, str | N
 
 
 def profile(model: nn.Module, input_shape: tuple, title: str = "") -> ModelSummary:
-    stages = _leaves(model)
-    shapes, failure = _output_shapes(model, stages, input_shape)
+    layers = stages(model)
+    shapes, failure = _output_shapes(model, layers, input_shape)
     summary = ModelSummary(title or type(model).__name__, tuple(input_shape), [])
     if failure:
         summary.notes.append(failure)
     bits = FLOAT
-    for name, m in stages:
+    for name, m in layers:
         layer = LayerStats(name, type(m).__name__, out_shape=shapes.get(name))
         quantized = _quantized_weights(m)
         for pname, p in m.named_parameters():
