@@ -141,13 +141,19 @@ def _number(d: Any, where: str) -> PaperNumber:
                        None if text is None else str(text), d.get("source"))
 
 
-def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
+def _identified(d: Any, parent: str, kind: str) -> tuple[str, str]:
+    """The ``id`` of a table or row mapping and its location for messages, both checked."""
     if not isinstance(d, dict):
-        raise TargetsError(f"{table_where}: each row must be a mapping")
-    rid = _need(d, "id", table_where)
-    where = f"{table_where}, row {rid!r}"
-    if not ID.match(rid):
+        raise TargetsError(f"{parent}: each {kind} must be a mapping")
+    ident = _need(d, "id", parent)
+    where = f"{parent}, {kind} {ident!r}"
+    if not ID.match(ident):
         raise TargetsError(f"{where}: id must be letters, digits, '_', '.', '-'")
+    return ident, where
+
+
+def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
+    rid, where = _identified(d, table_where, "row")
     labels = _need(d, "labels", where, dict)
     missing = [c for c in columns if c not in labels]
     if missing:
@@ -174,12 +180,7 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
     paper = _need(raw, "paper", where)
     tables = []
     for t in _need(raw, "tables", where, list):
-        if not isinstance(t, dict):
-            raise TargetsError(f"{where}: each table must be a mapping")
-        tid = _need(t, "id", where)
-        tw = f"{where}, table {tid!r}"
-        if not ID.match(tid):
-            raise TargetsError(f"{tw}: id must be letters, digits, '_', '.', '-'")
+        tid, tw = _identified(t, where, "table")
         columns = tuple(_need(t, "columns", tw, list))
         rows = tuple(_row(r, tw, columns) for r in _need(t, "rows", tw, list))
         if not rows:
