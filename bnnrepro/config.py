@@ -246,12 +246,14 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _check_model_kwargs(cfg) -> None:
-    """Model-specific fields (e.g. variant) are checked by building nothing: only the signature."""
+    """Model-specific fields are checked against the model factory's signature; nothing is built."""
     from . import models
+    from .train.factory import model_kwargs
 
     params = inspect.signature(models.MODELS[cfg.model.name]).parameters
     if cfg.model.variant is not None and "variant" not in params:
         raise ConfigError(f"model.variant={cfg.model.variant!r} is not used by model {cfg.model.name!r}")
-    if cfg.quant.gradient != "identity" and "grad_quant" not in params:
-        raise ConfigError(f"quant.gradient={cfg.quant.gradient!r} is not supported by model {cfg.model.name!r} "
-                          "(it has no gradient quantizer); allowed: identity")
+    try:
+        model_kwargs(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None

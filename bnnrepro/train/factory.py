@@ -48,10 +48,13 @@ def model_kwargs(cfg) -> dict:
         first_weight_quant=q.first_weight, last_weight_quant=q.last_weight,
     )
     params = inspect.signature(models.MODELS[cfg.model.name]).parameters
-    unsupported = [k for k in ("batchnorm", "grad_quant") if k not in params
-                   and kwargs[k] not in ("standard", "identity")]
-    if unsupported:
-        raise ValueError(f"model {cfg.model.name!r} does not support {', '.join(unsupported)}")
+    # options the factory does not take must be at their neutral value, or the config asks for
+    # something the model would silently not do
+    for key, field, neutral in (("batchnorm", "model.batchnorm", "standard"),
+                                ("grad_quant", "quant.gradient", "identity")):
+        if key not in params and kwargs[key] != neutral:
+            raise ValueError(f"{field}={kwargs[key]!r} is not supported by model {cfg.model.name!r}; "
+                             f"allowed: {neutral}")
     # unset (None) fields fall back to the factory's own defaults, e.g. DoReFa's bits
     return {k: v for k, v in kwargs.items() if k in params and v is not None}
 
