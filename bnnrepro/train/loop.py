@@ -90,12 +90,8 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
     # missing or corrupt archives fail here, before a run directory exists (md5s are cached)
     datasets.check(cfg.data.name, cfg.data.root, download=cfg.data.download, use_extra=cfg.data.use_extra)
     run_dir = rundir.create(root, cfg.run_name, rundir.default_name(cfg))
-    _atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    checkpoint.atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     return cfg, run_dir, None
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    checkpoint.atomic_write_bytes(path, lambda f: f.write(text.encode()))
 
 
 def fit(cfg: DictConfig) -> Path:
@@ -159,7 +155,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
             print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
     history = ctx.on_main(_read_metrics, run_dir / METRICS, start_epoch)
     if ctx.is_main:  # atomically: a kill right here must not lose the finished epochs' lines
-        _atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        checkpoint.atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
     logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
     if ctx.is_main:
