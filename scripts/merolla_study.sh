@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Merolla et al. (2016) robustness study, MNIST analogue, end to end: about 30 min on a quiet
-# 2-core CPU with the defaults (12 training runs of ~3 min on one core each, two at a time, then
+# Merolla et al. (2016) robustness study, MNIST analogue, end to end: about 35 min on a quiet
+# 2-core CPU with the defaults (12 training runs of ~4 min on one core each, two at a time, then
 # ~10 min of sweeps in two processes). Nothing outside OUT and BNNREPRO_RUNS is written.
+# The trained nets are exactly the merolla_mnist table's rows (`bnnrepro table merolla` reuses them
+# and trains only the seeds missing there).
 #   1. train the family of training projections (conf/experiment/merolla_<projection>.yaml),
 #      SEEDS seeds each, in one Hydra multirun: two jobs at a time, one thread each;
 #   2. sweep test-time distortions of every trained net (5 draws per random level):
@@ -14,11 +16,11 @@
 #   SCALE=smoke SEEDS=0 DRAWS=2 scripts/merolla_study.sh     # a plumbing check in a few minutes
 #   SWEEP=runs/multirun/merolla-<stamp> scripts/merolla_study.sh   # reuse trained runs: sweeps only
 #
-# Environment: SCALE (quick), EPOCHS (15 at quick: scale.epochs, the study's time budget; empty =
-# the scale's own), SEEDS (0,1), DRAWS (5), OUT (results/merolla), JOBS (2: parallel training jobs
-# and sweep processes), PROJECTIONS (none clip sign stochastic_binary power stochastic_projection),
-# EXTRA (more Hydra overrides for training), BNNREPRO_RUNS (runs), BNNREPRO_DATA (the MNIST root;
-# ../shared/data when it holds MNIST).
+# Environment: SCALE (quick), EPOCHS (scale.epochs; empty = the scale's own, as the table's rows),
+# SEEDS (0,1), DRAWS (5), OUT (results/merolla), JOBS (2: parallel training jobs and sweep processes),
+# PROJECTIONS (none clip sign stochastic_binary power stochastic_projection), EXTRA (more Hydra
+# overrides for training), BNNREPRO_RUNS (runs), BNNREPRO_DATA (the MNIST root; ../shared/data when
+# it holds MNIST).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,7 +31,7 @@ OUT=${OUT:-results/merolla}
 JOBS=${JOBS:-2}
 PROJECTIONS=${PROJECTIONS:-none clip sign stochastic_binary power stochastic_projection}
 EXTRA=${EXTRA:-}
-if [[ "$SCALE" == quick ]]; then EPOCHS=${EPOCHS-15}; else EPOCHS=${EPOCHS-}; fi
+EPOCHS=${EPOCHS:-}
 if [[ -n "$EPOCHS" ]]; then EXTRA="scale.epochs=$EPOCHS $EXTRA"; fi
 export BNNREPRO_RUNS=${BNNREPRO_RUNS:-runs}
 if [[ -z "${BNNREPRO_DATA:-}" && -f ../shared/data/MNIST/raw/train-images-idx3-ubyte.gz ]]; then

@@ -32,6 +32,7 @@ a resume with the same number of processes is exact.
 """
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from dataclasses import dataclass
@@ -264,9 +265,17 @@ class Context:
         if device.type == "cuda" and mine.get("cuda") is not None:
             torch.cuda.set_rng_state(mine["cuda"])
 
-    def close(self) -> None:
-        if self.active and dist.is_initialized():
-            dist.destroy_process_group()
+    def close(self, finished: bool = True) -> None:
+        """Leave the process group. After a finished run every rank waits for the others first: a
+        rank that tears gloo down while rank 0 is still writing its summary can abort at exit
+        ("terminate called without an active exception"). After an error there is no barrier, since
+        the other ranks may never reach it."""
+        if not (self.active and dist.is_initialized()):
+            return
+        gc.collect()  # DDP's reducer sits in reference cycles: free it (and its hold on the group) now
+        if finished:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def setup() -> Context:

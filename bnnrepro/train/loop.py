@@ -98,10 +98,13 @@ def fit(cfg: DictConfig) -> Path:
     """Train per ``cfg``; returns the run directory. ``cfg.resume`` continues an interrupted run.
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel job (see distributed.py)."""
     ctx = distributed.setup()
+    finished = False
     try:
-        return _fit(cfg, ctx)
+        run_dir = _fit(cfg, ctx)
+        finished = True
+        return run_dir
     finally:
-        ctx.close()
+        ctx.close(finished)
 
 
 def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
