@@ -19,7 +19,7 @@ help:
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
 	@echo "make study-merolla   Merolla et al. robustness study on MNIST (quick scale, ~30-45 min)"
-	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (quick scale, 2 seeds)"
+	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
 setup: $(VENV)/.installed
@@ -55,7 +55,9 @@ study-merolla: setup
 	scripts/merolla_study.sh
 
 quant-grid: setup
-	$(BIN)/python scripts/quant_grid.py --jobs 2
+	$(BIN)/python scripts/quant_grid.py --jobs 2 --no-table
+	$(BIN)/python scripts/quant_table.py runs/quant_grid --md results/quant_grid_mnist.md \
+		--csv results/quant_grid_mnist.csv
 
 include scripts/tables.mk
 

@@ -328,7 +328,8 @@ def test_grid_dry_run_prints_one_multirun_per_row(tmp_path, capsys):
 
 def _summary(exp, q, seed, err, scale="quick"):
     return {"status": "completed", "experiment": exp, "quantizer": q, "seed": seed, "test_error": err,
-            "scale": scale, "dataset": "mnist", "epochs_done": 15, "wall_time_s": 60.0}
+            "scale": scale, "dataset": "mnist", "epochs_done": 15, "wall_time_s": 60.0,
+            "code_version": {"package": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False}}
 
 
 def test_table_aggregates_runs_and_checks_the_orderings(tmp_path, capsys):
@@ -350,10 +351,17 @@ def test_table_aggregates_runs_and_checks_the_orderings(tmp_path, capsys):
     # a run of another scale and an unfinished run are not counted
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "summary.json").write_text(json.dumps(_summary(keys["dorefa-w1a1g2"][0], q, 2, 99.0, "smoke")))
-    assert table_mod.main([str(tmp_path), "--strict"]) == 0
+    md = tmp_path / "grid.md"
+    assert table_mod.main([str(tmp_path), "--strict", "--md", str(md)]) == 0
     out = capsys.readouterr().out
     assert "1.60 ± 0.14" in out and "4.00 ± 0.14" in out and out.count("PASS") == 4
     assert "qnn-linear2" in out and "missing" in out
+    # the Markdown names the runs and code version behind each number
+    line = next(l for l in md.read_text().splitlines() if l.startswith("| dorefa-w1a1g2 |"))
+    assert "4.00 ± 0.14" in line and "0.1.0@0123456789" in line
+    named = set(line.split("|")[-2].strip().split("<br>"))
+    assert len(named) == 2 and all(n.startswith("run") for n in named) and "other" not in named
+    assert md.read_text().count("**PASS**") == 4
     # the (1,2,4) check fails when it is 1.5 points above float
     stats = {rid: {"n": 2, "mean": e, "std": 0.1} for rid, e in errors.items()}
     stats["dorefa-w1a2g4"]["mean"] = 3.1

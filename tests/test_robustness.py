@@ -331,3 +331,19 @@ def test_unwritable_output_fails_before_the_sweep(tmp_path, capsys, no_loading):
     code = commands.main(["--noise", "additive", "--runs", str(run), "--out", str(blocker / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "is not writable" in err and str(blocker / "out") in err
+
+
+def test_claims_measure_a_latent_sweep_from_the_trained_nets_error(tmp_path):
+    """A sign-trained net's latent weights alone are a worse net (the undistorted level of a latent
+    power sweep); its excess error is measured from the trained net's error, not from that."""
+    from bnnrepro.robustness.claims import excess_by_run, load_results
+
+    rows = [{"run": "r", "projection": "sign", "noise": "power", "weights": weights, "level": level,
+             "error_mean": err, "clean_error": clean, "trained_test_error": 1.5, "bn_recalibrate": 0}
+            for weights, clean, curve in (("latent", 30.0, ((1.0, 30.0), (0.5, 10.0), (0.0, 1.5))),
+                                          ("effective", 1.5, ((1.0, 1.5), (0.5, 1.5), (0.0, 1.5))))
+            for level, err in curve]
+    pd.DataFrame(rows).to_csv(tmp_path / "robustness_power.csv", index=False)
+    excess = excess_by_run(load_results([tmp_path])).set_index("mode")["excess"]
+    assert excess["--weights latent"] == pytest.approx(((10.0 - 1.5) + (1.5 - 1.5)) / 2)
+    assert excess["--weights effective"] == 0.0
