@@ -149,6 +149,14 @@ def _fmt(s: dict) -> str:
     return f"{s['mean']:.2f}{std}"
 
 
+def _cells(s: dict, ref: dict, empty: str) -> tuple[str, str, str]:
+    """(difference to the float row, epochs, mean wall seconds per run) of a row's statistics."""
+    delta = "" if s["n"] == 0 or not ref.get("n") else f"{s['mean'] - ref['mean']:+.2f}"
+    epochs = ",".join(map(str, s.get("epochs", []))) or empty
+    wall = empty if s["n"] == 0 else f"{s['wall_s']:.0f}"
+    return delta, epochs, wall
+
+
 def render(grid: dict, table: dict[str, dict], scale: str, data: str) -> str:
     ref = table.get(grid["reference"], {})
     lines = [f"# {grid['title']}", f"# test error (%) at the best-validation epoch, mean ± sample std over seeds; "
@@ -157,9 +165,7 @@ def render(grid: dict, table: dict[str, dict], scale: str, data: str) -> str:
              f"{'vs float':>9} {'epochs':>7} {'s/run':>6}"]
     for r in grid["rows"]:
         s, lab = table[r["id"]], r["labels"]
-        delta = "" if s["n"] == 0 or not ref.get("n") else f"{s['mean'] - ref['mean']:+.2f}"
-        epochs = ",".join(map(str, s.get("epochs", []))) or "-"
-        wall = "-" if s["n"] == 0 else f"{s['wall_s']:.0f}"
+        delta, epochs, wall = _cells(s, ref, "-")
         lines.append(f"{r['id']:<18} {lab['quantizer']:<11} {lab['W']:>3} {lab['A']:>3} {lab['G']:>3}  "
                      f"{_fmt(s):>14} {s['n']:>2} {delta:>9} {epochs:>7} {wall:>6}")
     return "\n".join(lines)
@@ -178,9 +184,7 @@ def render_markdown(grid: dict, table: dict[str, dict], results: list[tuple], sc
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in grid["rows"]:
         s, lab = table[r["id"]], r["labels"]
-        delta = "" if s["n"] == 0 or not ref.get("n") else f"{s['mean'] - ref['mean']:+.2f}"
-        epochs = ",".join(map(str, s.get("epochs", []))) or ""
-        wall = "" if s["n"] == 0 else f"{s['wall_s']:.0f}"
+        delta, epochs, wall = _cells(s, ref, "")
         lines.append(f"| {r['id']} | {lab['quantizer']} | {lab['W']} | {lab['A']} | {lab['G']} | {_fmt(s)} | "
                      f"{s['n']} | {delta} | {epochs} | {wall} | {', '.join(s.get('code', []))} | "
                      f"{'<br>'.join(s.get('runs', []))} |")
