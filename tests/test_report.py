@@ -260,8 +260,10 @@ class FakeLauncher:
             return 0
         (seeds,) = [a.split("=", 1)[1] for a in argv if a.startswith("seed=")]
         overrides = [a for a in argv[2:] if not a.startswith(("seed=", "runs_dir=", "hydra"))]
-        for seed in seeds.split(","):
-            write_run(self.runs, f"{overrides[0].split('=')[1]}-s{seed}", overrides, int(seed), 2.0)
+        key, values = overrides[0].split("=", 1)  # a sweep over presets: +experiment=a,b
+        for value in values.split(","):
+            for seed in seeds.split(","):
+                write_run(self.runs, f"{value}-s{seed}", [f"{key}={value}", *overrides[1:]], int(seed), 2.0)
         return 0
 
 
@@ -297,6 +299,23 @@ def test_launch_then_nothing_new_launches_nothing(tmp_path):
     second = _make(runs, out, papers=("bnn", "qnn"), train=True, runner=fake, jobs=2)
     assert fake.calls == [] and second.launched == []
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == written  # byte-identical
+
+
+def test_bare_presets_missing_the_same_seeds_share_one_multirun(tmp_path):
+    """Rows missing one seed each (Merolla's five projections after a 2-seed study, say) would run
+    one at a time as separate multiruns: they go into one sweep over the presets instead."""
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    rows = [r for r in targets.load("merolla").tables[-1].rows if r.overrides]
+    for row in rows:
+        for seed in (0, 1):
+            write_run(runs, f"{row.id}-s{seed}", list(row.overrides), seed, 1.5)
+    fake = FakeLauncher(runs)
+    outcome = _make(runs, out, papers=("merolla",), train=True, runner=fake, jobs=2, threads=1)
+    assert len(fake.calls) == 1
+    (sweep,) = [a for a in fake.calls[0] if a.startswith("+experiment=")]
+    assert sorted(sweep.split("=", 1)[1].split(",")) == sorted(r.overrides[0].split("=", 1)[1] for r in rows)
+    assert "seed=2" in fake.calls[0] and outcome.launched[0][0].runs == len(rows)
+    assert all(_row(outcome, r.id, "merolla_mnist")["n"] == 3 for r in rows)
 
 
 def test_failed_job_is_reported_and_the_table_still_written(tmp_path):

@@ -1,6 +1,8 @@
 """Launch what the tables miss: one Hydra multirun per row over its missing seeds (joblib launcher
 for parallel jobs), and one multirun resuming the interrupted runs. Rows shared by several tables
-(QNN's Table 1 repeats BNN's presets) are launched once.
+(QNN's Table 1 repeats BNN's presets) are launched once. Rows that are a bare preset
+(``+experiment=X``) missing the same seeds share one multirun (``+experiment=X,Y seed=...``), so
+that rows missing a single seed still keep ``--jobs`` processes busy.
 
 Runs go through ``python -m bnnrepro train`` in a subprocess: each Hydra app gets a fresh process,
 and its progress prints to the terminal as it runs.
@@ -50,13 +52,22 @@ def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int
     common = ["train.progress=false", "device=auto"]
     if threads:
         common.append(f"train.num_threads={threads}")
-    out = []
+    sweeps: dict[tuple[tuple[str, ...], tuple[int, ...]], int] = {}  # (overrides, seeds) -> runs
+    presets: dict[tuple[int, ...], list[str]] = {}                   # seeds -> bare presets
     for overrides, seeds in new.items():
-        ordered = sorted(seeds)
-        argv = ("train", "-m", *overrides, f"scale={scale}", f"seed={','.join(map(str, ordered))}",
+        ordered = tuple(sorted(seeds))
+        if len(overrides) == 1 and overrides[0].startswith("+experiment=") and "," not in overrides[0]:
+            presets.setdefault(ordered, []).append(overrides[0].split("=", 1)[1])
+        else:
+            sweeps[(overrides, ordered)] = len(ordered)
+    for ordered, names in presets.items():
+        sweeps[(("+experiment=" + ",".join(names),), ordered)] = len(names) * len(ordered)
+    out = []
+    for (overrides, ordered), runs in sweeps.items():
+        seeds = ",".join(map(str, ordered))
+        argv = ("train", "-m", *overrides, f"scale={scale}", f"seed={seeds}",
                 f"runs_dir={_quote(str(Path(runs_dir).resolve()))}", *common, *_launcher(jobs))
-        out.append(Job(f"{' '.join(overrides)} scale={scale} seeds {','.join(map(str, ordered))}", argv,
-                       len(ordered)))
+        out.append(Job(f"{' '.join(overrides)} scale={scale} seeds {seeds}", argv, runs))
     if resume:
         paths = sorted(resume)
         argv = ("train", "-m", "resume=" + ",".join(_quote(p) for p in paths), *_launcher(jobs))
