@@ -49,14 +49,24 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     raise ValueError(f"optim.name={cfg.name!r} is unknown; allowed: adam, adamax, shift_adamax, sgd")
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int):
-    """Stepped once per epoch. ``exponential`` decays lr to ``lr_final`` over ``epochs`` epochs
-    (Theano BNN: ``LR_decay = (LR_fin/LR_start)**(1/epochs)``)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol_epochs: int | None = None):
+    """Stepped once per epoch, laid over ``epochs`` epochs. ``exponential`` decays lr to ``lr_final``
+    over them (Theano BNN: ``LR_decay = (LR_fin/LR_start)**(1/epochs)``). ``step`` multiplies lr by
+    ``gamma`` every ``step_epochs`` epochs of the ``protocol_epochs``-epoch protocol those constants
+    belong to: laid over fewer epochs (``scale.schedule=compress``) the steps shrink in proportion,
+    so the run makes the protocol's number of decays (200 epochs halving every 20, compressed into
+    20: halving every 2)."""
     if cfg.schedule == "exponential":
         gamma = (cfg.lr_final / cfg.lr) ** (1.0 / epochs) if cfg.lr_final else 1.0
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
     if cfg.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=cfg.step_epochs, gamma=cfg.gamma)
+        step = cfg.step_epochs * epochs / protocol_epochs if protocol_epochs else float(cfg.step_epochs)
+        if float(step).is_integer():
+            return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(step), gamma=cfg.gamma)
+        gamma = float(cfg.gamma)
+        # several decays per epoch when compressed below one step per epoch (the epsilon absorbs
+        # e / step landing a rounding error below an integer)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** math.floor(e / step + 1e-9))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
     raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, constant")

@@ -131,7 +131,8 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     ctx.seed(int(cfg.seed))
     loss_fn = build_loss(cfg.train.loss)
     optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg))
+    scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg),
+                                protocol_epochs=int(cfg.train.epochs))
     clip = LatentWeightClipper(model, cfg.optim.clip_latent)
     train_model = ctx.ddp(model, device)
     if cfg.train.compile:
