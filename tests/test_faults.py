@@ -238,13 +238,11 @@ def _no_file_growth():
 
 def test_full_runs_dir_fails_before_training(mnist_root, runs_dir, record_property):
     record_property("faults", 1)
-    t0 = time.perf_counter()
     out = subprocess.run(_train_cmd(TINY + [f"data.root={mnist_root}"]), capture_output=True, text=True,
                          env=_env(), timeout=120, preexec_fn=_no_file_growth)
     assert out.returncode == 2, out.stderr
     assert f"runs directory {runs_dir} is not writable (File too large)" in out.stderr
     assert "Traceback" not in out.stderr and "epoch" not in out.stderr  # nothing trained
-    assert time.perf_counter() - t0 < 10
     assert not [p for p in runs_dir.iterdir() if p.is_dir()]  # no run directory was created
 
 
