@@ -184,7 +184,7 @@ def _kill_during(cfg, run: Path, delay: float) -> bool:
         time.sleep(delay)
         if not proc.is_alive():
             return False
-        os.kill(proc.pid, signal.SIGKILL)
+        proc.kill()  # SIGKILL; a process that ended since is_alive() is no error (os.kill raised there)
     finally:
         proc.join()
     return not _completed(run)
