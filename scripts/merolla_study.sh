@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Merolla et al. (2016) robustness study, MNIST analogue, end to end: about 35 min on a quiet
-# 2-core CPU with the defaults (12 training runs of ~4 min on one core each, two at a time, then
-# ~10 min of sweeps in two processes). Nothing outside OUT and BNNREPRO_RUNS is written.
+# Merolla et al. (2016) robustness study, MNIST analogue, end to end: 26 min (1577 s) measured on a
+# quiet 2-core CPU with the defaults (12 training runs of 2.3-4.4 min on one core each, two at a
+# time: 20 min; then ~6 min of sweeps in two processes). Nothing outside OUT and BNNREPRO_RUNS is written.
 # The trained nets are exactly the merolla_mnist table's rows (`bnnrepro table merolla` reuses them
 # and trains only the seeds missing there).
 #   1. train the family of training projections (conf/experiment/merolla_<projection>.yaml),
