@@ -36,13 +36,10 @@ QNN_FLOAT = ("qnn-float", ["+experiment=qnn_mnist_mlp", "quant.weight=identity",
 
 
 def compose(overrides):
-    from hydra import compose as hydra_compose, initialize_config_module
+    """The config `bnnrepro train <overrides>` would run with (the tables' own composer)."""
+    from bnnrepro.report.plan import hydra_composer
 
-    from bnnrepro.config import register_configs
-
-    register_configs()
-    with initialize_config_module(config_module="bnnrepro.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides))
+    return hydra_composer()(overrides)
 
 
 def build_step(cfg, x, y):
