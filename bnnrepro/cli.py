@@ -12,6 +12,8 @@ import sys
 
 from omegaconf import DictConfig
 
+from .errors import USER_ERRORS
+
 COMMANDS = {
     "train": "train a model (Hydra overrides; -m for multirun; resume=<run dir> to continue)",
     "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [engine=packed] [split=test]",
@@ -52,16 +54,6 @@ def _hydra_main(task_function, argv: list[str], prog: str) -> int:
     return 0
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Errors caused by the input (config, data, paths): shown as one clear line, no traceback."""
-    from .config import ConfigError
-    from .data import DataError
-    from .train import CheckpointError, TrainingDiverged
-
-    return (ConfigError, DataError, CheckpointError, TrainingDiverged, FileNotFoundError,
-            FileExistsError, PermissionError, ValueError)
-
-
 def _fail(err: BaseException) -> None:
     print(f"bnnrepro: error: {err}", file=sys.stderr)
     raise SystemExit(2)
@@ -72,7 +64,7 @@ def _train_task(cfg: DictConfig) -> None:
 
     try:
         run_dir = fit(cfg)
-    except user_errors() as err:
+    except USER_ERRORS as err:
         _fail(err)
     if os.environ.get("RANK", "0") != "0":
         return  # torchrun: rank 0 reports the run

@@ -12,9 +12,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A config value is invalid; the message names the field and the allowed values."""
+from .errors import ConfigError
 
 
 @dataclass

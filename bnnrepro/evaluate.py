@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from .errors import USER_ERRORS
 
 OPTIONS = {"engine": ("torch", "packed"), "split": ("test", "val", "train"), "which": ("best", "last")}
 
@@ -50,12 +51,10 @@ def run(target: str, opts: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from .cli import user_errors
-
     try:
         target, opts = parse(argv)
         result = run(target, opts)
-    except user_errors() as err:
+    except USER_ERRORS as err:
         print(f"bnnrepro: error: {err}", file=sys.stderr)
         return 2
     print(f"{result['dataset']} {result['split']} error {result['error']:.2f}% on {result['n']} images "

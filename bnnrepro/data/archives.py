@@ -18,23 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence, Union
 
+from ..errors import CorruptFileError, DataError, MissingFilesError
+
 log = logging.getLogger(__name__)
 
 Download = Union[bool, str]  # True | False | "auto" (strings "true"/"false" from configs too)
 PROBE_TIMEOUT_S = 2.5        # one HEAD request decides whether the official server is reachable
 FETCH_TIMEOUT_S = 30.0       # per socket operation while downloading
-
-
-class DataError(Exception):
-    """A dataset file is missing, damaged, unreadable or cannot be fetched."""
-
-
-class MissingFilesError(DataError):
-    """Required files are not in the data root (and were not downloaded)."""
-
-
-class CorruptFileError(DataError):
-    """A file is present but its md5 (or content) is not the official one."""
 
 
 @dataclass(frozen=True)

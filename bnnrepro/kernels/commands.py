@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from . import artifact
 from .engine import PackedModel, PackError, unpack_activation, pack_activation
+from ..errors import USER_ERRORS
 
 SCALE_PREPROCESSING = ("scale", "scale_pm1")
 
@@ -20,9 +21,7 @@ SCALE_PREPROCESSING = ("scale", "scale_pm1")
 # ---------------------------------------------------------------- loading
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from ..cli import user_errors
-
-    return user_errors() + (OSError,)
+    return USER_ERRORS + (OSError,)
 
 
 def _is_artifact(path: Path) -> bool:

@@ -24,12 +24,9 @@ import torch
 import torch.nn as nn
 
 from . import bitpack, conv as convk, fold, pool, tiles
+from ..errors import PackError
 from ..models import stages
 from .gemm import DenseWeights, row_tables
-
-
-class PackError(ValueError):
-    """The model has a layer (named in the message) the packed engine cannot run exactly."""
 
 
 @dataclass

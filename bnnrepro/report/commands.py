@@ -8,6 +8,7 @@ from importlib import resources
 from pathlib import Path
 
 from .targets import PAPERS, TargetsError
+from ..errors import USER_ERRORS
 
 TABLE_HELP = """\
 Paper-vs-reproduced tables from finished runs. For each row of the paper's tables (targets in
@@ -144,7 +145,6 @@ def summary_main(argv: list[str]) -> int:
     ap.add_argument("--no-pack", action="store_true", help="skip measuring the packed artifact")
     ap.add_argument("--json", action="store_true", help="print JSON instead of the text table")
     args = ap.parse_args(argv)
-    from ..cli import user_errors
     from . import summary
 
     overrides = [a for a in args.target if _is_override(a)]
@@ -159,7 +159,7 @@ def summary_main(argv: list[str]) -> int:
         result = summary.profile(model, shape, title)
         if not args.no_pack:
             result.packed_bytes, result.packed_note = summary.packed_size(model, shape, cfg.data.preprocessing)
-    except user_errors() as err:
+    except USER_ERRORS as err:
         return _fail(str(err))
     except Exception as err:  # Hydra composition errors have no common base class
         if type(err).__module__.startswith(("hydra", "omegaconf")):

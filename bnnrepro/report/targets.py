@@ -37,15 +37,13 @@ from typing import Any
 
 import yaml
 
+from ..errors import TargetsError
+
 TAGS = ("CODE", "README", "SEC", "ABS", "U")
 METRICS = ("test_error", "accuracy", "perplexity")
 UNITS = ("percent", "fraction", "none")
 PAPERS = ("bnn", "qnn", "dorefa", "merolla")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-class TargetsError(ValueError):
-    """A targets file is malformed; the message names the file, the row and the field."""
 
 
 @dataclass(frozen=True)

@@ -12,15 +12,12 @@ import os
 import sys
 from pathlib import Path
 
+from ..errors import USER_ERRORS, UsageError
 from .distortions import BINARY_SCALE_STATS, DISTORTIONS, SCALE_STATS, DistortionOptions, get_distortion
 from .effective_bits import SIGNALS
 from .weights import WEIGHT_MODES
 
 DEFAULT_OUT = "results/robustness"
-
-
-class UsageError(ValueError):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -140,7 +137,6 @@ def parse(argv: list[str]):
 
 
 def main(argv: list[str]) -> int:
-    from ..cli import user_errors
 
     try:
         args, runs, opts = parse(argv)
@@ -163,7 +159,7 @@ def main(argv: list[str]) -> int:
         written = write_outputs(rows, args.noise, Path(args.out), opts, argv, plot=not args.no_plot)
     except SystemExit as exit_:  # --help
         return int(exit_.code or 0)
-    except (UsageError, *user_errors()) as err:
+    except USER_ERRORS as err:
         print(f"bnnrepro: error: robustness: {err}", file=sys.stderr)
         return 2
     print_summary(rows, args.noise)

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from ..errors import CheckpointError
+
 FORMAT = "bnnrepro.checkpoint"
 VERSION = 1
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -21,10 +23,6 @@ LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def atomic_write_bytes(path: Path, write) -> None:

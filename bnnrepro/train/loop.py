@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..config import Config, validate
+from ..errors import TrainingDiverged
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from . import checkpoint, distributed, rundir
 from .batches import epoch_order, num_batches
@@ -24,10 +25,6 @@ from .factory import (build_loss, build_model, effective_dropout_hidden, effecti
 from .loggers import LocalLogger, build_logger
 
 SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
-
-
-class TrainingDiverged(RuntimeError):
-    pass
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
