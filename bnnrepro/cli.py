@@ -80,12 +80,9 @@ def _record_in_sweep(run_dir) -> None:
 
     if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
         return
-    from pathlib import Path
+    from .runs import record_in_sweep
 
-    sweep = Path(HydraConfig.get().sweep.dir)
-    sweep.mkdir(parents=True, exist_ok=True)
-    with open(sweep / "runs.txt", "a") as f:
-        f.write(f"{Path(run_dir).resolve()}\n")
+    record_in_sweep(HydraConfig.get().sweep.dir, run_dir)
 
 
 def cmd_train(argv: list[str]) -> int:

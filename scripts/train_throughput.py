@@ -22,7 +22,8 @@ import torch
 
 from bnnrepro import cli, train
 from bnnrepro.data import splits as data_splits
-from bnnrepro.train import checkpoint, loop
+from bnnrepro import runs as run_records
+from bnnrepro.train import loop
 
 # official train / test split sizes (validation comes out of train as configured)
 SIZES = {"mnist": (60_000, 10_000), "fashion_mnist": (60_000, 10_000), "cifar10": (50_000, 10_000),
@@ -51,10 +52,10 @@ def main(overrides: list[str]) -> int:
 
     def fit_and_report(cfg):
         run_dir = real_fit(cfg)
-        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        summary = json.loads((run_dir / "summary.json").read_text())
+        record = run_records.read_run(run_dir)
+        rows, summary = record.metric_rows(), dict(record.summary)
         summary.update(status="synthetic_data", data_note="random pixels and labels: timing only")
-        checkpoint.atomic_write_json(run_dir / "summary.json", summary)  # tables never count it
+        run_records.atomic_write_json(run_dir / run_records.SUMMARY, summary)  # tables never count it
         runs.append({"run": str(run_dir), "data": f"synthetic {cfg.data.name} (random pixels and labels)",
                      "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
                      "epoch_time_s": [round(r["epoch_time_s"], 3) for r in rows],

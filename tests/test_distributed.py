@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnnrepro.train import checkpoint, fit, load_model
+from bnnrepro import runs as run_files
+from bnnrepro.train import fit, load_model
 from conftest import compose
 
 # The float (identity weights, htanh) MLP with SGD: no sign to flip, no Adam normalization of near-zero
@@ -106,14 +107,14 @@ def test_two_processes_follow_one_process_and_only_rank0_writes(mnist_root, runs
         assert rb["test_loss"] == pytest.approx(ra["test_loss"], rel=1e-4)
         assert abs(rb["val_error"] - ra["val_error"]) <= 0.2 and abs(rb["test_error"] - ra["test_error"]) <= 0.05
         assert rb["lr"] == ra["lr"]
-    ma, mb = (checkpoint.load(r / "last.pt")["model"] for r in (one, two))
+    ma, mb = (run_files.load_checkpoint(r / "last.pt")["model"] for r in (one, two))
     assert ma.keys() == mb.keys()  # no DDP "module." prefix, BatchNorm keys unchanged
     for key in ma:
         assert torch.allclose(ma[key].float(), mb[key].float(), rtol=1e-4, atol=1e-5), key
     summary = json.loads((two / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["world_size"] == 2
     assert summary["train_examples"] == 290
-    state = checkpoint.load(two / "last.pt")
+    state = run_files.load_checkpoint(two / "last.pt")
     assert len(state["rng"]["ranks"]) == 2  # every rank's generators, for an exact resume
     model, _ = load_model(two)  # a DDP run's checkpoint is a plain model's
     assert not any("Sync" in type(m).__name__ or "Global" in type(m).__name__ for m in model.modules())
@@ -147,7 +148,7 @@ def test_distributed_run_resumes_exactly(mnist_root, runs_dir):
     assert "resuming" in out.stderr and "after epoch 2" in out.stderr
     strip = lambda rows: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in rows]  # noqa: E731
     assert strip(_rows(full)) == strip(_rows(cut))
-    ma, mb = (checkpoint.load(r / "last.pt")["model"] for r in (full, cut))
+    ma, mb = (run_files.load_checkpoint(r / "last.pt")["model"] for r in (full, cut))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
@@ -160,7 +161,7 @@ def test_bf16_autocast_and_channels_last_on_cpu(mnist_root, runs_dir):
     run = fit(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["images_per_s"] > 0
-    state = checkpoint.load(run / "last.pt")
+    state = run_files.load_checkpoint(run / "last.pt")
     assert all(v.dtype in (torch.float32, torch.int64) for v in state["model"].values())
     assert all(s["exp_avg"].dtype == torch.float32 for s in state["optimizer"]["state"].values())
 

@@ -25,7 +25,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bnnrepro.train import CheckpointError, checkpoint, fit
+from bnnrepro import runs as run_files
+from bnnrepro.errors import CheckpointError
+from bnnrepro.train import fit
 from conftest import compose
 
 TINY = ["+paper=bnn", "scale=smoke", "scale.train_subset=600", "scale.epochs=3", "data.val_size=1000",
@@ -113,7 +115,7 @@ def _same_result(a: Path, b: Path) -> None:
     sa, sb = (json.loads((r / "summary.json").read_text()) for r in (a, b))
     assert {k: sa[k] for k in RESULT_KEYS} == {k: sb[k] for k in RESULT_KEYS}
     assert _without_times(_rows(a)) == _without_times(_rows(b))
-    ma, mb = (checkpoint.load(r / "last.pt")["model"] for r in (a, b))
+    ma, mb = (run_files.load_checkpoint(r / "last.pt")["model"] for r in (a, b))
     assert all(torch.equal(ma[k], mb[k]) for k in ma)
 
 
@@ -267,7 +269,7 @@ def test_disk_full_while_checkpointing_keeps_last_good_checkpoint(mnist_root, ru
         fit(compose(common + ["run_name=full"]))
     monkeypatch.setattr(torch, "save", real_save)
     run = runs_dir / "full"
-    assert checkpoint.load_resumable(run)["epoch"] == 1
+    assert run_files.load_resumable(run)["epoch"] == 1
     assert not list(run.glob(".*.tmp"))  # the partial temp file was removed
     assert not (run / "summary.json").exists()
     fit(compose([f"resume={run}"]))

@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from omegaconf import OmegaConf
 
-from bnnrepro.report import collect, commands, launch, pipeline, targets
+from bnnrepro import runs as run_records
+from bnnrepro.report import commands, launch, pipeline, targets
 from conftest import compose
 from test_report_fixtures import data_here, no_cuda, write_run
 
@@ -176,7 +177,7 @@ def test_corrupt_and_partial_runs_are_reported_and_skipped(tmp_path):
     (runs / "not-a-list" / "summary.json").write_text("[1, 2]")
     write_run(runs, "interrupted", THEANO, 2, None)
 
-    found = collect.scan(runs)
+    found = run_records.scan(runs)
     reasons = {p.path.name: p.why for p in found.problems}
     assert set(reasons) == {"bad-json", "running", "missing-field", "nan", "wrong-type", "seed-mismatch",
                             "no-config", "only-checkpoint", "not-a-list"}

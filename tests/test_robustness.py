@@ -12,7 +12,7 @@ from bnnrepro.robustness.claims import write_claims
 from bnnrepro.robustness.distortions import DISTORTIONS, DistortionOptions, get_distortion, layer_stat
 from bnnrepro.robustness.effective_bits import capacity_bits, effective_bits, sigma_for_bits
 from bnnrepro.robustness.report import tolerance_level
-from bnnrepro.robustness.runs import discover
+from bnnrepro.runs import discover
 from bnnrepro.robustness.evaluation import recalibrate_bn
 from bnnrepro.robustness.sweep import SweepOptions, draw_seed, sweep_run
 from bnnrepro.robustness.weights import DistortableCopy
@@ -304,7 +304,7 @@ def _run_dir_without_checkpoint(tmp_path):
     (["--noise", "additive", "--weights", "binary"], "--weights 'binary' is unknown; allowed: effective"),
     (["--noise", "additive", "--sigma-scale", "var"], "sigma scale 'var' is unknown; allowed: std"),
     (["--noise", "additive", "--bogus"], "unrecognized arguments: --bogus"),
-    (["--noise", "additive", "--runs", "/nonexistent/run"], "--runs /nonexistent/run: no such file"),
+    (["--noise", "additive", "--runs", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
     (["--noise", "additive", "--runs", "CRASHED"], "has no checkpoint (best.pt or last.pt)"),
     (["--noise", "additive", "--runs", "EMPTY"], "holds no runs.txt and no run directories"),
 ])

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bnnrepro.nn import QuantLayer
-from bnnrepro.train import checkpoint, fit, load_model
+from bnnrepro import runs as run_files
+from bnnrepro.train import fit, load_model
 from conftest import compose
 
 TINY = ["+paper=bnn", "scale=smoke", "scale.epochs=3", "scale.train_subset=1500", "train.progress=false"]
@@ -102,13 +103,13 @@ def test_interrupted_metrics_line_without_checkpoint_is_rewritten(mnist_root, ru
     cfg = compose(TINY + ["scale.epochs=2", f"data.root={mnist_root}", "run_name=r"])
     run = fit(cfg)
     # simulate a crash after epoch 2's metrics line but before its checkpoint: roll back to epoch 1
-    state = checkpoint.load(run / "last.pt")
+    state = run_files.load_checkpoint(run / "last.pt")
     rows = (run / "metrics.jsonl").read_text().splitlines()
     (run / "summary.json").unlink()
     state["epoch"] = 1
     state.pop("format")
     state.pop("version")
-    checkpoint.save(run / "last.pt", state)
+    run_files.save_checkpoint(run / "last.pt", state)
     assert len(rows) == 2
     fit(compose([f"resume={run}"]))
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 2
@@ -143,7 +144,7 @@ def test_truncated_last_checkpoint_falls_back_to_previous(mnist_root, runs_dir, 
 
 
 def test_nan_loss_stops_naming_epoch_and_step(mnist_root, runs_dir, monkeypatch):
-    from bnnrepro.train import TrainingDiverged
+    from bnnrepro.errors import TrainingDiverged
     from bnnrepro.train import loop
     from bnnrepro.train.factory import squared_hinge
 
@@ -161,7 +162,7 @@ def test_nan_loss_stops_naming_epoch_and_step(mnist_root, runs_dir, monkeypatch)
     with pytest.raises(TrainingDiverged, match=r"loss is nan at epoch 2, step 5"):
         fit(cfg)
     run = runs_dir / "nan"
-    assert checkpoint.load(run / "last.pt")["epoch"] == 1  # the last good checkpoint is kept
+    assert run_files.load_checkpoint(run / "last.pt")["epoch"] == 1  # the last good checkpoint is kept
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
     fit(compose([f"resume={run}"]))  # a diverged run is finished: resuming is a no-op
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bnnrepro.report import collect
+from bnnrepro import runs as run_records
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,6 +27,6 @@ def test_throughput_runs_without_the_data_and_tables_never_count_it(tmp_path):
     run_dir = Path(report["run"])
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "synthetic_data" and summary["train_examples"] == 300
-    scan = collect.scan(runs)
+    scan = run_records.scan(runs)
     assert not scan.completed
     assert any("synthetic_data" in str(p) for p in scan.problems)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable, Sequence, Union
 
 from ..errors import CorruptFileError, DataError, MissingFilesError
+from ..runs.files import atomic_write_json, commit_file
 
 log = logging.getLogger(__name__)
 
@@ -142,10 +143,7 @@ def _write_md5_cache(data: dict) -> None:
     target = _md5_cache_file()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".md5-cache.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=0, sort_keys=True)
-        os.replace(tmp, target)  # atomic: concurrent runs may drop an entry, never corrupt the file
+        atomic_write_json(target, data, indent=0)  # concurrent runs may drop an entry, never corrupt the file
     except OSError as err:  # a read-only home only costs a re-hash next time
         log.debug("md5 cache not written: %s", err)
 
@@ -219,7 +217,7 @@ def _download(spec: FileSpec, root: Path) -> Found:
             if actual not in (spec.md5, *spec.also_md5):
                 errors.append(f"{url}: md5 {actual}, expected {spec.md5}")
                 continue
-            os.replace(tmp, dest)
+            commit_file(tmp, dest)
             return Found(dest, actual, spec)
         except Exception as err:  # noqa: BLE001 - try the next mirror, report all at the end
             errors.append(f"{url}: {type(err).__name__}: {err}")

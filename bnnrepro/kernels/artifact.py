@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from ..runs import atomic_write_bytes
 from . import conv as convk
 from . import fold
 from .engine import Layer, PackedModel
@@ -52,15 +52,7 @@ def save(model: PackedModel, path: str | os.PathLike) -> Path:
               "input": "uint8, x = p * 2/255 - 1 (data.scale_pm1)", "bit_encoding": "bit 1 = -1, x >= 0 -> +1",
               "layers": layers, "meta": model.meta}
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
     return path
 
 

@@ -35,10 +35,11 @@ def _is_artifact(path: Path) -> bool:
 
 def load_torch(source: str, which: str = "best"):
     """``(model, cfg, input_shape)`` of a run directory or checkpoint (eval mode, weights_only)."""
-    from ..train import checkpoint
+    from .. import runs
+    from ..train import load_model
 
-    model, cfg = checkpoint.load_model(source, which=which)
-    state = checkpoint.load(checkpoint.resolve(source, which))
+    model, cfg = load_model(source, which=which)
+    state = runs.load_checkpoint(runs.resolve_checkpoint(source, which))
     return model, cfg, tuple(state["input_shape"])
 
 

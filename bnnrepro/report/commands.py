@@ -127,11 +127,12 @@ def _from_preset(overrides: list[str]):
 
 
 def _from_run(path: str, which: str):
-    from ..train import checkpoint
+    from .. import runs
+    from ..train import load_model
 
-    ckpt = checkpoint.resolve(path, which)
-    state = checkpoint.load(ckpt)
-    model, cfg = checkpoint.load_model(path, which=which)
+    ckpt = runs.resolve_checkpoint(path, which)
+    state = runs.load_checkpoint(ckpt)
+    model, cfg = load_model(path, which=which)
     title = (f"{cfg.get('experiment') or cfg.get('paper') or cfg.model.name}: {cfg.model.name} on "
              f"{cfg.data.name}, scale={cfg.scale.name}, seed {cfg.seed} ({ckpt})")
     return model.eval(), cfg, tuple(state["input_shape"]), title

@@ -9,23 +9,13 @@ import math
 import textwrap
 from pathlib import Path
 
-CURVES = "curves.png"
+from ..runs import CURVES, METRICS, read_jsonl
+
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
     """The run's epoch lines; a torn last line (a run killed mid-write) is dropped."""
-    path = Path(run_dir) / "metrics.jsonl"
-    rows = []
-    if not path.is_file():
-        return rows
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict) and "epoch" in row:
-            rows.append(row)
-    return rows
+    return [r for r in read_jsonl(Path(run_dir) / METRICS) if "epoch" in r]
 
 
 def _figure(ncols: int, width: float = 10.0, height: float = 3.6):
@@ -82,7 +72,7 @@ def ensure_run_curves(run_dir: str | Path) -> Path | None:
     """``curves.png`` in the run directory, redrawn only when ``metrics.jsonl`` is newer.
     None when there is nothing to draw or the directory is read-only."""
     run_dir = Path(run_dir)
-    png, metrics = run_dir / CURVES, run_dir / "metrics.jsonl"
+    png, metrics = run_dir / CURVES, run_dir / METRICS
     if not metrics.is_file():
         return None
     if png.is_file() and png.stat().st_mtime >= metrics.stat().st_mtime:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import launch, render, tables
-from .collect import Problem, scan
+from ..runs import Problem, scan
 from .plan import RowPlan, cuda_available, data_check, hydra_composer, plan_row
 from .targets import Targets
 

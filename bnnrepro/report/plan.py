@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterable
 
 from omegaconf import OmegaConf
 
-from .collect import Run, Scan
+from ..runs import Run, Scan
 from .targets import Row
 
 # config fields that do not change a run's result (prefixes of dotted keys)

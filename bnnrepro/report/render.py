@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from ..runs import atomic_write_text as _write
 from .tables import TableResult, metric_name, rel
 
 TAG_LEGEND = ("[CODE] read in the official code; [README] a README of the official code; [SEC] a "
@@ -18,18 +18,6 @@ NAMES = {"bnn": "BNN", "qnn": "QNN", "dorefa": "DoReFa-Net", "merolla": "Merolla
 CSV_COLUMNS = ("table", "row", "paper", "paper_value", "tag", "paper_source", "reproduced", "mean", "std",
                "n", "delta", "seeds", "scale", "epochs", "wall_time_s", "code_version", "runs", "run_dirs",
                "preset", "status", "figure", "note")
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _md_cell(value) -> str:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from . import curves
-from .collect import Problem, Scan, to_frame
+from ..runs import Problem, Scan
+from .collect import to_frame
 from .plan import RowPlan
 from .targets import PaperNumber, Table
 

@@ -96,7 +96,7 @@ def _check_writable(out: Path) -> None:
 
 def parse(argv: list[str]):
     """Arguments -> (args, run paths, SweepOptions); every bad value fails here, before any load."""
-    from .runs import discover
+    from ..runs import discover
     from .sweep import SweepOptions
 
     args = build_parser().parse_args(argv)

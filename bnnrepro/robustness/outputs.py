@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..train.rundir import code_version
+from ..runs import code_version
 from .distortions import DISTORTIONS
 from .report import (fmt_bits, fmt_level, level_table, markdown_table, per_projection, per_run, runs_table,
                      within_tolerance)

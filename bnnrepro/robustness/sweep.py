@@ -5,7 +5,6 @@ net, power, clip, binarize at p = 0 or 1) are evaluated once, random ones ``draw
 """
 from __future__ import annotations
 
-import json
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..train.checkpoint import load_model
+from .. import runs
+from ..train import load_model
 from .distortions import DISTORTIONS, DistortionOptions, get_distortion
 from .effective_bits import SIGNALS, effective_bits
 from .evaluation import batch_norms, load_test_set, recalibrate_bn
@@ -64,10 +64,7 @@ def _run_name(path: Path) -> str:
 
 
 def _trained_test_error(path: Path) -> float | None:
-    summary = (path.parent if path.is_file() else path) / "summary.json"
-    if summary.is_file():
-        return json.loads(summary.read_text()).get("test_error")
-    return None
+    return (runs.read_summary(path.parent if path.is_file() else path) or {}).get("test_error")
 
 
 def plan(noises: list[str], opts: SweepOptions) -> dict[str, list[tuple[float, int]]]:

@@ -1,5 +1,5 @@
-"""Training: the loop, run directories, checkpoints and resume."""
-from .checkpoint import CheckpointError, load_model
-from .loop import TrainingDiverged, fit
+"""Training: the loop, checkpoint/resume (run files through :mod:`bnnrepro.runs`)."""
+from .checkpoint import load_model
+from .loop import fit
 
-__all__ = ["CheckpointError", "TrainingDiverged", "fit", "load_model"]
+__all__ = ["fit", "load_model"]

@@ -16,15 +16,16 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..config import Config, validate
-from ..errors import TrainingDiverged
+from ..errors import CheckpointError, TrainingDiverged
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
-from . import checkpoint, distributed, rundir
+from .. import runs
+from . import distributed
 from .batches import epoch_order, num_batches
 from .factory import (build_loss, build_model, effective_dropout_hidden, effective_epochs,
                       effective_train_subset, effective_width_mult, schedule_epochs)
 from .loggers import LocalLogger, build_logger
 
-SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
+from ..runs import CONFIG, METRICS, SUMMARY
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -49,23 +50,22 @@ def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConf
 def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
     """Lines of finished epochs only: a crash after the metrics line but before the checkpoint
     leaves one extra line, which the resumed epoch rewrites."""
-    if not path.is_file():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            pass  # a line torn by a crash (or blank); its epoch is rerun
-    return [r for r in rows if isinstance(r, dict) and r.get("epoch", math.inf) <= epochs_done]
+    return [r for r in runs.read_jsonl(path) if r.get("epoch", math.inf) <= epochs_done]
+
+
+def _overrides() -> list[str] | None:
+    """The Hydra overrides of this job (None outside a Hydra app)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else None
+    except Exception:  # noqa: BLE001 - provenance must never stop a run
+        return None
 
 
 def _finished_status(run_dir: Path) -> str | None:
     """'completed' or 'diverged' when the run has ended for good (resuming it changes nothing)."""
-    try:
-        status = json.loads((run_dir / SUMMARY).read_text()).get("status")
-    except (OSError, ValueError):
-        return None
+    status = (runs.read_summary(run_dir) or {}).get("status")
     return status if status in ("completed", "diverged") else None
 
 
@@ -80,14 +80,14 @@ def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
         status = _finished_status(run_dir)
         if status:
             return cfg, run_dir, {"finished": status}
-        return cfg, run_dir, checkpoint.load_resumable(run_dir)
+        return cfg, run_dir, runs.load_resumable(run_dir)
     validate(cfg)
-    root = rundir.runs_root(cfg.runs_dir)
-    rundir.check_writable(root)
+    root = runs.runs_root(cfg.runs_dir)
+    runs.check_writable(root)
     # missing or corrupt archives fail here, before a run directory exists (md5s are cached)
     datasets.check(cfg.data.name, cfg.data.root, download=cfg.data.download, use_extra=cfg.data.use_extra)
-    run_dir = rundir.create(root, cfg.run_name, rundir.default_name(cfg))
-    checkpoint.atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+    run_dir = runs.create(root, cfg.run_name, runs.default_name(cfg))
+    runs.atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
     return cfg, run_dir, None
 
 
@@ -156,7 +156,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
             print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
     history = ctx.on_main(_read_metrics, run_dir / METRICS, start_epoch)
     if ctx.is_main:  # atomically: a kill right here must not lose the finished epochs' lines
-        checkpoint.atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        runs.atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
 
     logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
     if ctx.is_main:
@@ -181,7 +181,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
                 message = (f"loss is {float(global_loss)} at epoch {epoch}, step {step}; the last good "
                            f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
                 if ctx.is_main:
-                    checkpoint.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
+                    runs.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
                                                                      "epoch": epoch, "step": step})
                 raise TrainingDiverged(message)
             optimizer.zero_grad(set_to_none=True)
@@ -213,17 +213,16 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         rng = ctx.rng_states(device)  # a collective: every rank, before rank 0 writes
         if not ctx.is_main:
             continue
-        with open(run_dir / METRICS, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        runs.append_line(run_dir / METRICS, json.dumps(row))
         logger.log(row)
         wall = wall_before + time.time() - t_start
         try:
             if improved:
-                checkpoint.save(run_dir / checkpoint.BEST, _state(cfg, splits, model, epoch, best, wall))
-            checkpoint.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
+                runs.save_checkpoint(run_dir / runs.BEST, _state(cfg, splits, model, epoch, best, wall))
+            runs.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
                                                  device, rng))
         except OSError as err:  # disk full, quota, I/O error: the files written so far stay as they were
-            raise checkpoint.CheckpointError(
+            raise CheckpointError(
                 f"could not write the checkpoint of epoch {epoch} in {run_dir}: {err.strerror or err}; "
                 f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}") from None
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
@@ -234,7 +233,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         return run_dir
     summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
     summary["world_size"] = ctx.world
-    checkpoint.atomic_write_json(run_dir / SUMMARY, summary)
+    runs.atomic_write_json(run_dir / SUMMARY, summary)
     logger.finish(summary)
     print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
           f"final {summary['final_test_error']:.2f}%, {summary['wall_time_s']:.0f} s", file=sys.stderr)
@@ -277,7 +276,8 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
         "train_examples": int(splits.train_x.shape[0]), "seed": int(cfg.seed),
         "paper": cfg.paper, "experiment": cfg.experiment,
         "n_params": sum(p.numel() for p in model.parameters()),
-        "code_version": rundir.code_version(), "environment": rundir.environment(),
+        "code_version": runs.code_version(), "environment": runs.environment(),
+        "invocation": runs.invocation(_overrides()),
         "data": splits.info,
     }
 
