@@ -7,7 +7,7 @@ SHARED_DATA := $(abspath ../shared/data)
 # The data root: $BNNREPRO_DATA if set, else ../shared/data when it exists, else the per-user cache.
 export BNNREPRO_DATA ?= $(if $(wildcard $(SHARED_DATA)/MNIST),$(SHARED_DATA),)
 SCALE ?= quick
-SEEDS ?= 0,1,2
+SEEDS ?=
 
 .PHONY: setup demo smoke test test-all test-faults bench clean help study-merolla quant-grid
 
@@ -19,7 +19,7 @@ help:
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
 	@echo "make study-merolla   Merolla et al. robustness study on MNIST (quick scale, ~26 min on 2 cores)"
-	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (quick scale, 2 seeds) -> results/quant_grid_mnist.md"
+	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
 setup: $(VENV)/.installed
@@ -55,9 +55,7 @@ study-merolla: setup
 	scripts/merolla_study.sh
 
 quant-grid: setup
-	$(BIN)/python scripts/quant_grid.py --jobs 2 --no-table
-	$(BIN)/python scripts/quant_table.py runs/quant_grid --md results/quant_grid_mnist.md \
-		--csv results/quant_grid_mnist.csv
+	$(TABLE) quant_grid
 
 include scripts/tables.mk
 

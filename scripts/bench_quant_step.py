@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training-step time of the acceptance grid's MLP with each quantizer setting, against the float step.
 
-Every row of conf/tables/quant_grid_mnist.yaml (DoReFa (W, A, G) and QNN linear/log k-bit) is
+Every row of the quant_grid table target (bnnrepro/report/targets/quant_grid.yaml) (DoReFa (W, A, G) and QNN linear/log k-bit) is
 built exactly as ``bnnrepro train`` builds it (same preset, overrides and scale), with its loss,
 optimizer, LR groups and latent-weight clipping; one step = forward, loss, zero_grad, backward,
 optimizer step, clip. All settings run in this one process on the same random batch, after a
@@ -29,7 +29,7 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-GRID = REPO / "conf" / "tables" / "quant_grid_mnist.yaml"
+FLOAT_ROW = "dorefa-w32a32g32"  # the DoReFa family's float reference
 # the QNN family's float reference: BNN's float baseline on the same net
 QNN_FLOAT = ("qnn-float", ["+experiment=qnn_mnist_mlp", "quant.weight=identity", "quant.w_bits=32",
                            "quant.activation=htanh", "quant.a_bits=32"])
@@ -37,7 +37,7 @@ QNN_FLOAT = ("qnn-float", ["+experiment=qnn_mnist_mlp", "quant.weight=identity",
 
 def compose(overrides):
     """The config `bnnrepro train <overrides>` would run with (the tables' own composer)."""
-    from bnnrepro.report.plan import hydra_composer
+    from bnnrepro.report.plan import hydra_composer  # noqa: the tables' composer
 
     return hydra_composer()(overrides)
 
@@ -88,14 +88,16 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    grid = yaml.safe_load(GRID.read_text())
-    rows = [(r["id"], r["overrides"]) for r in grid["rows"]]
+    from bnnrepro.report import targets
+
+    (grid,) = targets.load("quant_grid").tables
+    rows = [(r.id, list(r.overrides)) for r in grid.rows]
     from bnnrepro import quant
 
     float_act = "htanh" if "htanh" in quant.names() else "identity"
     rows.append((QNN_FLOAT[0], [o.replace("htanh", float_act) for o in QNN_FLOAT[1]]))
     if args.only:
-        keep = set(args.only.split(",")) | {grid["reference"], QNN_FLOAT[0]}
+        keep = set(args.only.split(",")) | {FLOAT_ROW, QNN_FLOAT[0]}
         rows = [r for r in rows if r[0] in keep]
 
     steps = {}
@@ -130,7 +132,7 @@ def main(argv=None) -> int:
     print(f"{'setting':<20} {'cpu ms':>8} {'wall ms':>8} {'wall p10-p90':>14} {'cpu ratio':>10} {'wall ratio':>11}")
     worst = 0.0
     for rid in wall:
-        ref = QNN_FLOAT[0] if rid.startswith("qnn") else grid["reference"]
+        ref = QNN_FLOAT[0] if rid.startswith("qnn") else FLOAT_ROW
         r_cpu, r_wall = med_cpu[rid] / med_cpu[ref], med_wall[rid] / med_wall[ref]
         q = statistics.quantiles(wall[rid], n=10)
         print(f"{rid:<20} {med_cpu[rid] * 1e3:8.2f} {med_wall[rid] * 1e3:8.2f} {q[0] * 1e3:6.2f}-{q[-1] * 1e3:6.2f} "

@@ -1,10 +1,8 @@
 """QNN and DoReFa presets, their table-row lists, the MLP's DoReFa conventions, the grid scripts."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,6 @@ from bnnrepro.train.factory import build_model
 from conftest import compose
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = REPO / "conf" / "tables"
 TARGETS = REPO / "bnnrepro" / "report" / "targets"  # the papers' tables, rows as presets + overrides
 TRAINABLE = ["+paper=qnn", "+paper=dorefa"] + [f"+experiment={e}" for e in (
     "dorefa_svhn_A", "dorefa_svhn_B", "dorefa_svhn_C", "dorefa_svhn_D", "dorefa_alexnet", "dorefa_mnist_mlp",
@@ -287,83 +284,23 @@ def test_every_rows_preset_runs_on_mnist_here():
         validate(compose(here(preset)))
 
 
-# ---------------------------------------------------------------- the acceptance grid and its scripts
-
-def _script(name):
-    path = REPO / "scripts" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(path.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(path.parent))
-    return module
-
+# ---------------------------------------------------------------- the acceptance grid (a table target)
 
 def test_grid_rows_are_the_acceptance_grid():
-    grid = yaml.safe_load((TABLES / "quant_grid_mnist.yaml").read_text())
-    labels = [(r["labels"]["quantizer"], r["labels"]["W"], r["labels"]["A"], r["labels"]["G"]) for r in grid["rows"]]
+    from bnnrepro.report import targets
+
+    (grid,) = targets.load("quant_grid").tables
+    assert grid.name == "quant_grid_mnist" and grid.seeds == (0, 1)
+    labels = [(r.labels["quantizer"], r.labels["W"], r.labels["A"], r.labels["G"]) for r in grid.rows]
     dorefa = {(w, a, g) for q, w, a, g in labels if q == "dorefa"}
     assert dorefa == {(32, 32, 32), (1, 32, 32), (1, 1, 32), (1, 2, 32), (1, 2, 4), (1, 2, 6), (1, 1, 2), (2, 2, 4),
                       (8, 8, 8)}
     assert {(q, w) for q, w, a, g in labels if q != "dorefa"} == {("qnn_linear", 2), ("qnn_linear", 4),
                                                                    ("qnn_log", 2), ("qnn_log", 4)}
-    assert grid["reference"] == "dorefa-w32a32g32"
-    for r in grid["rows"]:
-        cfg = compose(r["overrides"] + ["scale=quick"])
+    assert [c.kind for c in grid.checks] == ["worst", "worse", "within", "within"]
+    for r in grid.rows:
+        cfg = compose(list(r.overrides) + ["scale=quick"])
         validate(cfg)
-        assert (cfg.quant.w_bits, cfg.quant.a_bits) == (r["labels"]["W"], r["labels"]["A"])
+        assert (cfg.quant.w_bits, cfg.quant.a_bits) == (r.labels["W"], r.labels["A"])
         assert cfg.scale.width_mult == 0.25 and list(cfg.model.hidden) == [1024] * 3
-
-
-def test_grid_dry_run_prints_one_multirun_per_row(tmp_path, capsys):
-    grid = _script("quant_grid")
-    assert grid.main(["--dry-run", "--runs-dir", str(tmp_path / "none")]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 13
-    assert all(" -m " in line and "seed=0,1" in line and "scale=quick" in line and "data=mnist" in line
-               for line in lines)
-
-
-def _summary(exp, q, seed, err, scale="quick"):
-    return {"status": "completed", "experiment": exp, "quantizer": q, "seed": seed, "test_error": err,
-            "scale": scale, "dataset": "mnist", "epochs_done": 15, "wall_time_s": 60.0,
-            "code_version": {"package": "0.1.0", "git_commit": "0123456789abcdef", "git_dirty": False}}
-
-
-def test_table_aggregates_runs_and_checks_the_orderings(tmp_path, capsys):
-    table_mod = _script("quant_table")
-    grid = table_mod.load_grid()
-    errors = {"dorefa-w32a32g32": 1.6, "dorefa-w1a32g32": 1.8, "dorefa-w1a1g32": 2.6, "dorefa-w1a2g32": 2.0,
-              "dorefa-w1a2g4": 2.2, "dorefa-w1a2g6": 2.1, "dorefa-w1a1g2": 4.0, "dorefa-w2a2g4": 2.0,
-              "dorefa-w8a8g8": 1.7}
-    keys = table_mod.row_keys(grid, "quick", "mnist")
-    i = 0
-    for rid, err in errors.items():
-        exp, wq, w, aq, a, gq, g, scale, data = keys[rid]
-        q = {"weight": wq, "w_bits": w, "activation": aq, "a_bits": a, "gradient": gq, "g_bits": g}
-        for seed, e in ((0, err - 0.1), (1, err + 0.1)):
-            d = tmp_path / f"run{i}"
-            d.mkdir()
-            (d / "summary.json").write_text(json.dumps(_summary(exp, q, seed, e)))
-            i += 1
-    # a run of another scale and an unfinished run are not counted
-    (tmp_path / "other").mkdir()
-    (tmp_path / "other" / "summary.json").write_text(json.dumps(_summary(keys["dorefa-w1a1g2"][0], q, 2, 99.0, "smoke")))
-    md = tmp_path / "grid.md"
-    assert table_mod.main([str(tmp_path), "--strict", "--md", str(md)]) == 0
-    out = capsys.readouterr().out
-    assert "1.60 ± 0.14" in out and "4.00 ± 0.14" in out and out.count("PASS") == 4
-    assert "qnn-linear2" in out and "missing" in out
-    # the Markdown names the runs and code version behind each number
-    line = next(l for l in md.read_text().splitlines() if l.startswith("| dorefa-w1a1g2 |"))
-    assert "4.00 ± 0.14" in line and "0.1.0@0123456789" in line
-    named = set(line.split("|")[-2].strip().split("<br>"))
-    assert len(named) == 2 and all(n.startswith("run") for n in named) and "other" not in named
-    assert md.read_text().count("**PASS**") == 4
-    # the (1,2,4) check fails when it is 1.5 points above float
-    stats = {rid: {"n": 2, "mean": e, "std": 0.1} for rid, e in errors.items()}
-    stats["dorefa-w1a2g4"]["mean"] = 3.1
-    verdicts = {name.split(":")[0]: ok for name, ok, _ in table_mod.checks(stats, "dorefa-w32a32g32")}
-    assert verdicts["(1,2,4) within 1 point of float"] is False and verdicts["A=1 costs"] is True
+        assert cfg.data.name == "mnist" and cfg.scale.schedule == "compress"

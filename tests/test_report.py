@@ -121,7 +121,10 @@ def test_table_from_fixture_runs(tmp_path):
 
     md = (out / "bnn_table1.md").read_text()
     assert "| BNN (Theano) | MNIST | 0.96 | [SEC] | 2.33 ± 1.53 | +1.37 | 3 | smoke |" in md
-    assert "theano-s0, theano-s1, theano-s2" in md and "0.1.0@0123456" in md
+    assert "[theano-s0](runs/theano-s0/), [theano-s1](runs/theano-s1/), [theano-s2](runs/theano-s2/)" in md
+    assert "0.1.0@0123456" in md
+    for seed in range(3):  # each counted run has its record beside the table, and no checkpoint
+        assert sorted(p.name for p in (out / "runs" / f"theano-s{seed}").iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
     assert "[png](figures/bnn_table1/theano-mnist.png)" in md
     assert md.count("\n| ") == 21  # header + one line per paper row
     csv = pd.read_csv(out / "bnn_table1.csv")
@@ -194,10 +197,10 @@ def test_corrupt_and_partial_runs_are_reported_and_skipped(tmp_path):
     outcome = _make(runs, out)  # never crashes, never counts them
     theano = _row(outcome, "theano-mnist")
     assert theano["n"] == 1 and theano["runs"] == "good" and theano["mean"] == 1.5
-    assert "seed 2 interrupted, resumable: interrupted" in theano["status"]
+    assert "seed 2 interrupted, resumable: interrupted" in outcome.notes[("bnn_table1", "theano-mnist")]
     md = (out / "bnn_table1.md").read_text()
-    for name in reasons:
-        assert f"{name}`: " in md
+    for name in reasons:  # the runs root's problems are printed, the table names only its records'
+        assert f"{name}`: " not in md and any(name in line for line in pipeline.report_lines(outcome))
     lines = pipeline.report_lines(outcome)
     assert "9 run directories not counted:" in lines
 
@@ -210,7 +213,7 @@ def test_a_run_of_the_preset_with_other_settings_is_not_counted(tmp_path):
     outcome = _make(runs, tmp_path / "out", figures=False)
     theano = _row(outcome, "theano-mnist")
     assert theano["n"] == 1 and theano["runs"] == "binary"
-    assert "1 run(s) of this preset differ in quant.activation: not counted" in theano["status"]
+    assert "1 run(s) of this preset differ in quant.activation: not counted" in outcome.notes[("bnn_table1", "theano-mnist")]
 
 
 def test_duplicate_seed_uses_the_newest_run(tmp_path):
@@ -222,7 +225,7 @@ def test_duplicate_seed_uses_the_newest_run(tmp_path):
     os.utime(old / "summary.json", (1, 1))
     outcome = _make(runs, tmp_path / "out", figures=False)
     theano = _row(outcome, "theano-mnist")
-    assert theano["runs"] == "new" and "1 older duplicate run(s)" in theano["status"]
+    assert theano["runs"] == "new" and "1 older duplicate run(s)" in "; ".join(outcome.notes[("bnn_table1", "theano-mnist")])
 
 
 def test_preset_that_does_not_compose_stays_with_its_reason(tmp_path):
@@ -345,7 +348,7 @@ def _plan_with_missing():
 # ---------------------------------------------------------------------------------- CLI
 
 @pytest.mark.parametrize("argv, message", [
-    (["nosuch"], "unknown paper 'nosuch'; allowed: bnn, qnn, dorefa, merolla, all"),
+    (["nosuch"], "unknown target 'nosuch'; allowed: bnn, qnn, dorefa, merolla, quant_grid"),
     (["bnn", "--seeds", "a,b"], "--seeds='a,b' must be comma-separated integers"),
     (["bnn", "--seeds", "1,1"], "must list distinct non-negative integers"),
     (["bnn", "--scale", "huge"], "--scale='huge' is unknown; allowed: "),
@@ -377,7 +380,45 @@ def test_table_cli_no_train(tmp_path, capsys, monkeypatch):
     assert "res/bnn_table1.md (+ .csv, .tex): 20 rows, 6 reproducible, 1 with results" in printed
     md = (tmp_path / "res" / "bnn_table1.md").read_text()
     assert "`bnnrepro table bnn --scale smoke --seeds 0`" in md and "| 1.25 |" in md
-    assert "runs`;" in md  # the runs folder, relative to the working directory
+    assert "from the run records under `runs/` beside this file" in md
+
+
+def test_no_train_rebuilds_the_tables_byte_identically_from_the_records_alone(tmp_path, monkeypatch):
+    runs, out = tmp_path / "runs", tmp_path / "res"
+    for seed, err in enumerate((1.25, 1.5, 2.0)):
+        write_run(runs, f"theano-s{seed}", THEANO, seed, err)
+    args = ["bnn", "--no-train", "--scale", "smoke", "--runs-dir", str(runs), "--out", str(out)]
+    hooks = dict(check_data=data_here, has_cuda=no_cuda, runner=_forbidden)
+    assert commands.table_main(args, **hooks) == 0
+    first = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert (out / "runs" / "theano-s1" / "summary.json").is_file() and not list(out.rglob("*.pt"))
+    for path in (out / "runs").rglob("*"):  # no path of this machine in a committed record
+        if path.is_file():
+            assert str(tmp_path) not in path.read_text(), path
+    import shutil
+
+    shutil.rmtree(runs)  # a fresh clone: the records only
+    for path in out.rglob("*.md"):
+        path.unlink()
+    assert commands.table_main(args, **hooks) == 0
+    second = {p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+    assert second == first
+
+
+def test_runs_from_a_modified_tree_count_only_when_allowed(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_run(runs, "clean", THEANO, 0, 2.0)
+    dirty = write_run(runs, "dirty", THEANO, 1, 1.0)
+    summary = json.loads((dirty / "summary.json").read_text())
+    summary["code_version"]["git_dirty"] = True
+    (dirty / "summary.json").write_text(json.dumps(summary))
+    refused = _row(_make(runs, out, figures=False), "theano-mnist")
+    assert refused["runs"] == "clean"
+    assert not (out / "runs" / "dirty").exists()
+    allowed = _make(runs, tmp_path / "out2", figures=False, allow_dirty=True)
+    row = _row(allowed, "theano-mnist")
+    assert row["runs"] == "clean, dirty" and "+dirty" in row["code_version"]
+    assert "1 run(s) counted from a modified tree (+dirty)" in row["status"]
 
 
 # ---------------------------------------------------------------------------------- end to end

@@ -7,7 +7,7 @@ import sys
 from importlib import resources
 from pathlib import Path
 
-from .targets import PAPERS, TargetsError
+from .targets import TargetsError
 from ..errors import USER_ERRORS
 
 TABLE_HELP = """\
@@ -51,15 +51,18 @@ def _seeds(text: str) -> tuple[int, ...]:
 def table_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="bnnrepro table", description=TABLE_HELP,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("papers", nargs="+", metavar="paper", help=f"{', '.join(PAPERS)} or all")
+    ap.add_argument("papers", nargs="+", metavar="target", help="a paper (bnn, qnn, dorefa, merolla), a study "
+                    "(the targets under bnnrepro/report/targets/), or all")
     ap.add_argument("--runs-dir", help="where runs are found and made (default: env BNNREPRO_RUNS, else runs)")
     ap.add_argument("--scale", default="quick", help="scale preset of the runs (default: quick)")
-    ap.add_argument("--seeds", default="0,1,2", help="seeds per row (default: 0,1,2)")
+    ap.add_argument("--seeds", default=None, help="seeds per row (default: each table's own, else 0,1,2)")
     ap.add_argument("--out", default="results", help="output folder (default: results)")
     ap.add_argument("--no-train", action="store_true", help="only rebuild the tables from existing runs")
     ap.add_argument("--jobs", type=int, default=1, help="parallel training jobs (joblib launcher when > 1)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per training job (default: 1)")
     ap.add_argument("--no-figures", action="store_true", help="skip the curve PNGs")
+    ap.add_argument("--allow-dirty", action="store_true",
+                    help="count runs made on a modified tree (marked +dirty); by default they are not counted")
     return ap
 
 
@@ -68,26 +71,28 @@ def table_main(argv: list[str], **hooks) -> int:
     args = table_parser().parse_args(argv)
     from . import pipeline, targets
 
-    papers = list(PAPERS) if args.papers == ["all"] else list(dict.fromkeys(args.papers))
-    unknown = [p for p in papers if p not in PAPERS]
+    known = targets.names()
+    papers = known if args.papers == ["all"] else list(dict.fromkeys(args.papers))
+    unknown = [p for p in papers if p not in known]
     if unknown:
-        return _fail(f"unknown paper {unknown[0]!r}; allowed: {', '.join(PAPERS)}, all")
+        return _fail(f"unknown target {unknown[0]!r}; allowed: {', '.join(known)}, all")
     if args.scale not in _scales():
         return _fail(f"--scale={args.scale!r} is unknown; allowed: {', '.join(_scales())}")
     if args.jobs < 1 or args.threads < 1:
         return _fail("--jobs and --threads must be positive integers")
     try:
-        seeds = _seeds(args.seeds)
+        seeds = _seeds(args.seeds) if args.seeds is not None else None
         loaded = [targets.load(p) for p in papers]
     except (ValueError, TargetsError) as err:
         return _fail(str(err))
     runs_dir = Path(args.runs_dir or os.environ.get("BNNREPRO_RUNS") or "runs").expanduser()
     # per paper, so a table reads the same whether `table all` or `table <paper>` wrote it
-    command = f"bnnrepro table {{paper}} --scale {args.scale} --seeds {','.join(map(str, seeds))}"
+    command = f"bnnrepro table {{target}} --scale {args.scale} --seeds {{seeds}}"
     try:
         outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=Path(args.out), scale=args.scale,
                                        seeds=seeds, train=not args.no_train, jobs=args.jobs, threads=args.threads,
-                                       command=command, figures=not args.no_figures, **hooks)
+                                       command=command, figures=not args.no_figures,
+                                       allow_dirty=args.allow_dirty, **hooks)
     except (OSError, ValueError) as err:
         return _fail(str(err))
     for line in pipeline.report_lines(outcome):

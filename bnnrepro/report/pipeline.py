@@ -11,10 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import launch, render, tables
-from ..runs import Problem, scan
+from . import curves, launch, render, tables
+from ..runs import Problem, Scan, export, scan
 from .plan import RowPlan, cuda_available, data_check, hydra_composer, plan_row
-from .targets import Targets
+from .tables import RECORDS
+from .targets import DEFAULT_SEEDS, Targets
 
 
 BLOCKED = {"preset": "a preset that does not compose", "data": "missing data", "gpu": "no GPU"}
@@ -26,6 +27,9 @@ class Outcome:
     launched: list[tuple[launch.Job, int]] = field(default_factory=list)
     results: list[tables.TableResult] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    # per (table, row id): what the runs root holds beside the counted runs (resumable, differing,
+    # duplicate, dirty runs): printed, not written, since the tables are built from the records alone
+    notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[tuple[launch.Job, int]]:
@@ -44,25 +48,61 @@ def _cached(fn: Callable, key: Callable) -> Callable:
     return call
 
 
-def _plans(targets: list[Targets], scale: str, seeds: tuple[int, ...], runs_dir: Path, composer,
-           check_data, has_cuda) -> tuple[list[list[RowPlan]], object]:
+def _seeds_of(table, seeds: tuple[int, ...] | None) -> tuple[int, ...]:
+    return tuple(seeds) if seeds else (table.seeds or DEFAULT_SEEDS)
+
+
+def _plans(targets: list[Targets], scale: str, seeds: tuple[int, ...] | None, found: Scan, composer,
+           check_data, has_cuda, allow_dirty: bool) -> list[list[RowPlan]]:
+    return [[plan_row(row, scale, _seeds_of(table, seeds), found, composer=composer, check_data=check_data,
+                      has_cuda=has_cuda, allow_dirty=allow_dirty)
+             for row in table.rows] for t in targets for table in t.tables]
+
+
+def _scan_all(runs_dir: Path, records: Path) -> Scan:
+    """The runs root's runs, then the committed records of runs no longer (or never) there."""
     found = scan(runs_dir)
-    plans = [[plan_row(row, scale, seeds, found, composer=composer, check_data=check_data, has_cuda=has_cuda)
-              for row in table.rows] for t in targets for table in t.tables]
-    return plans, found
+    found.extend(scan_records(records))
+    return found
 
 
-def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale: str, seeds: tuple[int, ...],
-                train: bool = True, jobs: int = 1, threads: int | None = 1, command: str = "",  # may hold {paper}
+def scan_records(records: Path) -> Scan:
+    """Runs under ``<out>/runs``: their file times are a checkout's, so they order by run id alone."""
+    found = scan(records)
+    for run in found.completed + found.interrupted:
+        run.mtime = 0.0
+    return found
+
+
+def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True) -> list[Path]:
+    """Each counted run's record (config, metrics, summary; no checkpoints, no machine paths); a run
+    directory of the runs root also gets its own ``curves.png``."""
+    written = []
+    for plan in (p for table_plans in plans for p in table_plans):
+        for run in plan.runs.values():
+            written.append(export(run, records))
+            if figures and not run.path.resolve().is_relative_to(records.resolve()):
+                curves.ensure_run_curves(run.path)
+    return written
+
+
+def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale: str,
+                seeds: tuple[int, ...] | None = None, train: bool = True, jobs: int = 1, threads: int | None = 1,
+                command: str = "",  # may hold {target} and {seeds}
                 runner: Callable = launch.subprocess_runner, composer: Callable | None = None,
                 check_data: Callable = data_check, has_cuda: Callable[[], bool] = cuda_available,
-                figures: bool = True, log=None) -> Outcome:
+                figures: bool = True, allow_dirty: bool = False, log=None) -> Outcome:
+    """Plan over the runs root and the records under ``<out>/runs``, train what is missing, write the
+    counted runs' records under ``<out>/runs``, then build every table from those records alone: a
+    table reads the same on any checkout that has them (``--no-train`` rebuilds it byte for byte)."""
     log = log or sys.stderr
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    records = out_dir / RECORDS
     composer = _cached(composer or hydra_composer(), key=tuple)
     check_data = _cached(check_data, key=lambda cfg: (cfg.data.name, cfg.data.root, bool(cfg.data.use_extra)))
     outcome = Outcome()
-    plans, found = _plans(targets, scale, seeds, runs_dir, composer, check_data, has_cuda)
+    found = _scan_all(runs_dir, records)
+    plans = _plans(targets, scale, seeds, found, composer, check_data, has_cuda, allow_dirty)
     if train:
         jobs_todo = launch.plan_jobs([p for table_plans in plans for p in table_plans], scale, runs_dir,
                                      jobs=jobs, threads=threads)
@@ -71,15 +111,25 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
             print(f"bnnrepro table: {total} run(s) to make or resume at scale={scale}, in {len(jobs_todo)} "
                   f"job(s); runs go to {runs_dir}", file=log, flush=True)
             outcome.launched = launch.run_jobs(jobs_todo, runner, log)
-            plans, found = _plans(targets, scale, seeds, runs_dir, composer, check_data, has_cuda)
+            found = _scan_all(runs_dir, records)
+            plans = _plans(targets, scale, seeds, found, composer, check_data, has_cuda, allow_dirty)
         else:
             print(f"bnnrepro table: nothing to run at scale={scale}: every row that can run here has its "
                   "seeds", file=log, flush=True)
     outcome.problems = list(found.problems)
     tables_flat = [(t, table) for t in targets for table in t.tables]
+    for (_, table), table_plans in zip(tables_flat, plans):
+        for plan in table_plans:
+            if tables.local_notes(plan):
+                outcome.notes[(table.name, plan.row.id)] = tables.local_notes(plan)
+    export_used(plans, records, figures)
+    recorded = scan_records(records)
+    plans = _plans(targets, scale, seeds, recorded, composer, check_data, has_cuda, allow_dirty)
     for (t, table), table_plans in zip(tables_flat, plans):
-        result = tables.build(table, table_plans, found, out_dir, scale=scale, seeds=seeds,
-                              command=command.replace("{paper}", t.paper),
+        table_seeds = _seeds_of(table, seeds)
+        result = tables.build(table, table_plans, recorded, out_dir, scale=scale, seeds=table_seeds,
+                              command=command.replace("{target}", t.name).replace(
+                                  "{seeds}", ",".join(map(str, table_seeds))),
                               paper_title=t.title, figures=figures)
         outcome.results.append(result)
         outcome.written += render.write(result, out_dir)
@@ -102,6 +152,8 @@ def report_lines(outcome: Outcome) -> list[str]:
         lines.append(f"{len(outcome.problems)} run director{'y' if len(outcome.problems) == 1 else 'ies'} "
                      "not counted:")
         lines += [f"  {p}" for p in outcome.problems]
+    for (table, row), notes in outcome.notes.items():
+        lines.append(f"{table} {row}: {'; '.join(notes)}")
     for job, code in outcome.failed:
         lines.append(f"failed (exit status {code}): {job.what}")
     return lines

@@ -136,6 +136,8 @@ class RowPlan:
     interrupted: dict[int, Run] = field(default_factory=dict)   # seed -> run to resume
     differing: list[tuple[Run, list[str]]] = field(default_factory=list)
     other_seeds: list[Run] = field(default_factory=list)        # completed, seed not requested
+    dirty: list[Run] = field(default_factory=list)              # made on a modified tree: not counted
+    allow_dirty: bool = False                                   # counted after all (and marked)
 
     @property
     def missing(self) -> list[int]:
@@ -152,8 +154,11 @@ def _label(cfg_dict: dict) -> str | None:
 
 
 def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, composer,
-             check_data: Callable = data_check, has_cuda: Callable[[], bool] = cuda_available) -> RowPlan:
-    plan = RowPlan(row, scale, tuple(seeds))
+             check_data: Callable = data_check, has_cuda: Callable[[], bool] = cuda_available,
+             allow_dirty: bool = False) -> RowPlan:
+    """The row's runs among ``found``: newest first (by summary time, then run id, so a scan of
+    committed records, whose file times mean nothing, picks the same runs on every checkout)."""
+    plan = RowPlan(row, scale, tuple(seeds), allow_dirty=allow_dirty)
     if row.not_reproduced:
         return plan
     cfg, why = compose_row(row, scale, composer)
@@ -164,13 +169,16 @@ def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, compose
     expected_dict = OmegaConf.to_container(cfg, resolve=True)
     expected = fingerprint(expected_dict)
     label = _label(expected_dict)
-    for run in sorted(found.completed + found.interrupted, key=lambda r: (r.mtime, str(r.path)), reverse=True):
+    for run in sorted(found.completed + found.interrupted, key=lambda r: (r.mtime, r.id), reverse=True):
         if run.scale != scale:
             continue
         diff = differences(expected, run.config)
         if diff:
             if label and _label(run.config) == label and run.summary is not None:
                 plan.differing.append((run, diff))
+            continue
+        if run.summary is not None and run.dirty and not allow_dirty:
+            plan.dirty.append(run)
             continue
         if run.summary is None:
             if run.seed in plan.seeds and run.seed not in plan.interrupted:

@@ -13,12 +13,13 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import curves
+from . import checks, curves
 from ..runs import Problem, Scan
 from .collect import to_frame
 from .plan import RowPlan
 from .targets import PaperNumber, Table
 
+RECORDS = "runs"  # <out>/runs/<run id>/: the committed record of each run a table counts
 NO_PAPER = PaperNumber(None, "", "–")  # a row of an analogue table, not of the paper
 DECIMALS = {"percent": 2, "fraction": 4, "none": 1}
 UNIT_SUFFIX = {"percent": " (%)", "fraction": " (fraction)", "none": ""}
@@ -70,6 +71,7 @@ class TableResult:
     scale_description: str | None = None
     command: str = ""
     paper_title: str = ""
+    verdicts: list = None                # checks.Verdict per check of the table
 
 
 def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
@@ -89,6 +91,13 @@ def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
         pending = sorted(set(plan.missing) | set(plan.interrupted))
         parts.append(f"seed{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} not run yet "
                      f"(`bnnrepro table {paper}` runs them)")
+    parts += local_notes(plan)
+    return "; ".join(parts)
+
+
+def local_notes(plan: RowPlan) -> list[str]:
+    """What the scan found beside the counted runs: resumable, differing, duplicate, dirty runs."""
+    parts = []
     for seed, run in sorted(plan.interrupted.items()):
         parts.append(f"seed {seed} interrupted, resumable: {run.id}")
     if plan.differing:
@@ -97,7 +106,13 @@ def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
         parts.append(f"{len(plan.differing)} run(s) of this preset differ in {shown}: not counted")
     if plan.duplicates:
         parts.append(f"{len(plan.duplicates)} older duplicate run(s) of the same seed not counted")
-    return "; ".join(parts)
+    if plan.dirty:
+        parts.append(f"{len(plan.dirty)} run(s) made on a modified tree (+dirty) not counted "
+                     "(`--allow-dirty` counts them)")
+    dirty_used = sum(1 for r in plan.runs.values() if r.dirty)
+    if plan.allow_dirty and dirty_used:
+        parts.append(f"{dirty_used} run(s) counted from a modified tree (+dirty)")
+    return parts
 
 
 def _row_figure(table: Table, plan: RowPlan, out_dir: Path) -> str:
@@ -119,6 +134,12 @@ def _row_figure(table: Table, plan: RowPlan, out_dir: Path) -> str:
     return rel_path.as_posix() if done else ""
 
 
+def values(table: Table, plan: RowPlan) -> list[float]:
+    """The row's per-seed results in the table's metric (seeds in order)."""
+    used = [plan.runs[s] for s in sorted(plan.runs)]
+    return [float(v) for v in convert(table, to_frame(used)).dropna()] if used else []
+
+
 def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
     row, decimals = plan.row, DECIMALS[table.unit]
     used = [plan.runs[s] for s in sorted(plan.runs)]
@@ -129,9 +150,6 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
     std = float(values.std(ddof=1)) if n > 1 else math.nan
     number = row.paper or NO_PAPER
     delta = mean - number.value if n and number.value is not None else math.nan
-    if figures:
-        for run in used:
-            curves.ensure_run_curves(run.path)
     field = "test_perplexity" if table.metric == "perplexity" else "test_error"
     return {
         "table": table.name, "row": row.id, **{c: row.labels[c] for c in table.columns},
@@ -147,7 +165,7 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
         "wall_time_s": float(frame["wall_time_s"].mean()) if used else math.nan,
         "code_version": ", ".join(sorted(frame["code_version"].unique())) if used else "",
         "runs": ", ".join(r.id for r in used),
-        "run_dirs": "; ".join(rel(r.path) for r in used),
+        "run_dirs": "; ".join(f"{RECORDS}/{r.id}" for r in used),
         "preset": " ".join(row.overrides),
         "status": _status(plan, n, table.paper, field),
         "figure": _row_figure(table, plan, out_dir) if figures and used else "",
@@ -160,5 +178,6 @@ def build(table: Table, plans: list[RowPlan], found: Scan, out_dir: Path, *, sca
     """One line per row (its runs aggregated); draws each run's ``curves.png`` and each row's figure."""
     lines = [_line(table, plan, Path(out_dir), figures) for plan in plans]
     descriptions = [p.config.scale.description for p in plans if p.config is not None]
+    verdicts = checks.judge_all(table.checks, {p.row.id: values(table, p) for p in plans})
     return TableResult(table, scale, tuple(seeds), pd.DataFrame(lines), plans, list(found.problems),
-                       found.root, descriptions[0] if descriptions else None, command, paper_title)
+                       found.root, descriptions[0] if descriptions else None, command, paper_title, verdicts)

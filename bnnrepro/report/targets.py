@@ -26,6 +26,21 @@ Every number and confidence tag comes from ``reference/papers.md``; a row names 
 
 A row has ``overrides`` or ``not_reproduced``, never both. A table that is not one of the paper's
 (a CPU analogue of its protocol) says so in its title and gives its rows no ``paper`` number.
+
+A targets file need not be a paper's: ``targets/<name>.yaml`` is the target ``bnnrepro table <name>``
+builds (``name:`` at the top, default the paper). A table may also set::
+
+        output: quant_grid_mnist       # the files' stem (default <paper>_<id>)
+        seeds: [0, 1]                  # its seeds when the command names none (default 0, 1, 2)
+        checks:                        # claims tested on the rows' per-seed results (see checks.py)
+          - claim: "A=1 costs"
+            worse: [dorefa-w1a1g32, dorefa-w1a2g32]    # the first row's error is the higher
+          - claim: "G=2 hurts most"
+            worst: dorefa-w1a1g2
+            among: [dorefa-w1a2g4, dorefa-w1a2g32]     # worse than each of these
+          - claim: "8/8/8 about float"
+            within: [dorefa-w8a8g8, dorefa-w32a32g32]  # the errors differ by at most `points`
+            points: 0.5
 """
 from __future__ import annotations
 
@@ -43,6 +58,8 @@ TAGS = ("CODE", "README", "SEC", "ABS", "U")
 METRICS = ("test_error", "accuracy", "perplexity")
 UNITS = ("percent", "fraction", "none")
 PAPERS = ("bnn", "qnn", "dorefa", "merolla")
+DEFAULT_SEEDS = (0, 1, 2)
+CHECK_KINDS = ("worse", "worst", "within")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -72,6 +89,14 @@ class Row:
 
 
 @dataclass(frozen=True)
+class Check:
+    claim: str
+    kind: str                  # worse | worst | within
+    rows: tuple[str, ...]      # worse/within: (a, b); worst: (a, *others)
+    points: float = 0.0        # within: the largest difference that still holds
+
+
+@dataclass(frozen=True)
 class Table:
     paper: str
     id: str
@@ -81,10 +106,13 @@ class Table:
     source: str
     columns: tuple[str, ...]
     rows: tuple[Row, ...]
+    output: str | None = None
+    seeds: tuple[int, ...] | None = None
+    checks: tuple[Check, ...] = ()
 
     @property
     def name(self) -> str:
-        return f"{self.paper}_{self.id}"
+        return self.output or f"{self.paper}_{self.id}"
 
 
 @dataclass(frozen=True)
@@ -93,19 +121,30 @@ class Targets:
     title: str
     tables: tuple[Table, ...]
     path: str = field(default="", compare=False)
+    name: str = ""
 
 
-def path_of(paper: str) -> Path:
-    return Path(str(resources.files("bnnrepro.report") / "targets" / f"{paper}.yaml"))
+def _folder() -> Path:
+    return Path(str(resources.files("bnnrepro.report") / "targets"))
 
 
-def load(paper_or_path: str | Path) -> Targets:
-    """Targets of a paper name (``bnn``) or of a YAML file path."""
-    path = Path(paper_or_path)
+def names() -> list[str]:
+    """Every target ``bnnrepro table`` can build: the papers first, then the studies."""
+    found = sorted(p.stem for p in _folder().glob("*.yaml"))
+    return [p for p in PAPERS if p in found] + [n for n in found if n not in PAPERS]
+
+
+def path_of(name: str) -> Path:
+    return _folder() / f"{name}.yaml"
+
+
+def load(name_or_path: str | Path) -> Targets:
+    """Targets of a target name (``bnn``, ``quant_grid``) or of a YAML file path."""
+    path = Path(name_or_path)
     if not path.suffix:
-        if str(paper_or_path) not in PAPERS:
-            raise TargetsError(f"unknown paper {paper_or_path!r}; allowed: {', '.join(PAPERS)}")
-        path = path_of(str(paper_or_path))
+        if str(name_or_path) not in names():
+            raise TargetsError(f"unknown target {name_or_path!r}; allowed: {', '.join(names())}")
+        path = path_of(str(name_or_path))
     try:
         raw = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as err:
@@ -162,7 +201,7 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
     not_reproduced = d.get("not_reproduced")
     if bool(overrides) == bool(not_reproduced):
         raise TargetsError(f"{where}: give exactly one of 'overrides' and 'not_reproduced'")
-    bad = [o for o in overrides if o.split("=", 1)[0].lstrip("+~").split(".")[0] in ("seed", "scale", "runs_dir")]
+    bad = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in ("seed", "scale", "runs_dir")]
     if bad:
         raise TargetsError(f"{where}: overrides must not set seed, scale or runs_dir ({', '.join(bad)}): "
                            "the table command sets them")
@@ -170,6 +209,45 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
     paper = None if d.get("paper") is None else _number(d["paper"], where)
     return Row(rid, dict(labels), paper, tuple(overrides), not_reproduced,
                tuple(str(s) for s in gpu), d.get("note"))
+
+
+def _checks(raw: Any, where: str, row_ids: list[str]) -> tuple[Check, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise TargetsError(f"{where}: checks must be a list")
+    out = []
+    for i, c in enumerate(raw):
+        cw = f"{where}, check {i + 1}"
+        if not isinstance(c, dict):
+            raise TargetsError(f"{cw}: a check is a mapping with claim and one of {', '.join(CHECK_KINDS)}")
+        claim = _need(c, "claim", cw)
+        kinds = [k for k in CHECK_KINDS if k in c]
+        if len(kinds) != 1:
+            raise TargetsError(f"{cw}: give exactly one of {', '.join(CHECK_KINDS)}")
+        kind = kinds[0]
+        if kind == "worst":
+            rows = (_need(c, "worst", cw), *_need(c, "among", cw, list))
+        else:
+            rows = tuple(_need(c, kind, cw, list))
+            if len(rows) != 2:
+                raise TargetsError(f"{cw}: {kind} names two rows, got {list(rows)}")
+        unknown = [r for r in rows if r not in row_ids]
+        if unknown:
+            raise TargetsError(f"{cw}: unknown row(s) {', '.join(map(str, unknown))}")
+        points = c.get("points", 0.0)
+        if kind == "within" and (isinstance(points, bool) or not isinstance(points, (int, float)) or points < 0):
+            raise TargetsError(f"{cw}: within needs points >= 0, got {points!r}")
+        out.append(Check(str(claim), kind, tuple(rows), float(points or 0.0)))
+    return tuple(out)
+
+
+def _seeds(raw: Any, where: str) -> tuple[int, ...] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(s, int) and s >= 0 for s in raw):
+        raise TargetsError(f"{where}: seeds must be a list of non-negative integers")
+    return tuple(raw)
 
 
 def parse(raw: Any, where: str = "<targets>") -> Targets:
@@ -188,5 +266,6 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
         if dupes:
             raise TargetsError(f"{tw}: duplicate row id(s) {', '.join(dupes)}")
         tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
-                            _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows))
-    return Targets(paper, _need(raw, "title", where), tuple(tables), where)
+                            _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows,
+                            t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids)))
+    return Targets(paper, _need(raw, "title", where), tuple(tables), where, str(raw.get("name") or paper))
