@@ -18,7 +18,7 @@ help:
 	@echo "make test-all  every test, slow ones included"
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
-	@echo "make study-merolla   Merolla et al. robustness study on MNIST (quick scale, ~26 min on 2 cores)"
+	@echo "make study-merolla   Merolla et al. robustness study on MNIST (bnnrepro table merolla_study: 18 nets + sweeps)"
 	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
@@ -52,7 +52,7 @@ bench: setup
 	$(BIN)/bnnrepro bench
 
 study-merolla: setup
-	scripts/merolla_study.sh
+	$(TABLE) merolla_study
 
 quant-grid: setup
 	$(TABLE) quant_grid

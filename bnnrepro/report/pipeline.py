@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import curves, launch, render, tables
+from . import curves, launch, render, study, tables
 from ..runs import Problem, Scan, export, scan
 from .plan import RowPlan, cuda_available, data_check, hydra_composer, plan_row
 from .tables import RECORDS
@@ -30,6 +30,7 @@ class Outcome:
     # per (table, row id): what the runs root holds beside the counted runs (resumable, differing,
     # duplicate, dirty runs): printed, not written, since the tables are built from the records alone
     notes: dict[tuple[str, str], list[str]] = field(default_factory=dict)
+    study_missing: list[str] = field(default_factory=list)   # sweep records that could not be made
 
     @property
     def failed(self) -> list[tuple[launch.Job, int]]:
@@ -123,6 +124,7 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
             if tables.local_notes(plan):
                 outcome.notes[(table.name, plan.row.id)] = tables.local_notes(plan)
     export_used(plans, records, figures)
+    full_plans = plans
     recorded = scan_records(records)
     plans = _plans(targets, scale, seeds, recorded, composer, check_data, has_cuda, allow_dirty)
     for (t, table), table_plans in zip(tables_flat, plans):
@@ -133,6 +135,18 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
                               paper_title=t.title, figures=figures)
         outcome.results.append(result)
         outcome.written += render.write(result, out_dir)
+    index = 0
+    for t in targets:  # a study sweeps the nets its first table counts
+        if t.study is not None:
+            if train:
+                made = study.run_sweeps(t.study, full_plans[index], records, jobs=jobs, threads=threads or 1,
+                                        log=log)
+                outcome.study_missing += made.missing
+            done = study.write_outputs(t.study, plans[index], records, out_dir,
+                                       command=command.replace("{target}", t.name).replace(
+                                           "{seeds}", ",".join(map(str, _seeds_of(t.tables[0], seeds)))))
+            outcome.written += done.written
+        index += len(t.tables)
     return outcome
 
 
@@ -154,6 +168,7 @@ def report_lines(outcome: Outcome) -> list[str]:
         lines += [f"  {p}" for p in outcome.problems]
     for (table, row), notes in outcome.notes.items():
         lines.append(f"{table} {row}: {'; '.join(notes)}")
+    lines += [f"sweep not made: {m}" for m in outcome.study_missing]
     for job, code in outcome.failed:
         lines.append(f"failed (exit status {code}): {job.what}")
     return lines

@@ -116,12 +116,30 @@ class Table:
 
 
 @dataclass(frozen=True)
+class Sweep:
+    id: str
+    noises: tuple[str, ...]
+    weights: str = "effective"
+    bn_recalibrate: int = 0
+    out: str = "."             # folder under the study's output
+
+
+@dataclass(frozen=True)
+class Study:
+    """Test-time sweeps of the nets its first table trains (see report/study.py)."""
+    output: str                # <out>/<output>/: per-noise CSV/MD/PNG of each sweep, claims.md
+    draws: int
+    sweeps: tuple[Sweep, ...]
+
+
+@dataclass(frozen=True)
 class Targets:
     paper: str
     title: str
     tables: tuple[Table, ...]
     path: str = field(default="", compare=False)
     name: str = ""
+    study: Study | None = None
 
 
 def _folder() -> Path:
@@ -250,6 +268,26 @@ def _seeds(raw: Any, where: str) -> tuple[int, ...] | None:
     return tuple(raw)
 
 
+def _study(raw: Any, where: str) -> Study | None:
+    if raw is None:
+        return None
+    sw = f"{where}, study"
+    if not isinstance(raw, dict):
+        raise TargetsError(f"{sw}: must be a mapping with output, draws and sweeps")
+    sweeps = []
+    for s in _need(raw, "sweeps", sw, list):
+        sid, ssw = _identified(s, sw, "sweep")
+        noises = tuple(_need(s, "noises", ssw, list))
+        bn = s.get("bn_recalibrate", 0)
+        if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
+            raise TargetsError(f"{ssw}: bn_recalibrate must be an integer >= 0")
+        sweeps.append(Sweep(sid, noises, str(s.get("weights", "effective")), bn, str(s.get("out", "."))))
+    draws = raw.get("draws", 5)
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
+        raise TargetsError(f"{sw}: draws must be a positive integer")
+    return Study(_need(raw, "output", sw), draws, tuple(sweeps))
+
+
 def parse(raw: Any, where: str = "<targets>") -> Targets:
     if not isinstance(raw, dict):
         raise TargetsError(f"{where}: a targets file is a mapping with paper, title and tables")
@@ -268,4 +306,5 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
         tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
                             _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows,
                             t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids)))
-    return Targets(paper, _need(raw, "title", where), tuple(tables), where, str(raw.get("name") or paper))
+    return Targets(paper, _need(raw, "title", where), tuple(tables), where, str(raw.get("name") or paper),
+                   _study(raw.get("study"), where))

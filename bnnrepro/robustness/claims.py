@@ -15,14 +15,15 @@ from .report import fmt_bits, fmt_level, markdown_table, ordered_projections, to
 TOLERANCE = 1.0  # points of test error
 
 
-def load_results(dirs: list[Path]) -> pd.DataFrame:
+def load_results(dirs: list[Path], relative_to: Path | None = None) -> pd.DataFrame:
     frames = []
     for d in dirs:
         for path in sorted(Path(d).glob("robustness_*.csv")):
             if path.name.endswith("_draws.csv"):
                 continue
             frame = pd.read_csv(path)
-            frame["source"] = str(path)
+            frame["source"] = (path.relative_to(relative_to).as_posix()
+                               if relative_to is not None and path.is_relative_to(relative_to) else str(path))
             frames.append(frame)
     if not frames:
         raise FileNotFoundError(f"no robustness_<noise>.csv in {', '.join(map(str, dirs))}")
@@ -199,8 +200,8 @@ def claims_markdown(df: pd.DataFrame) -> str:
 
 
 def write_claims(dirs: list[Path], out: Path) -> Path:
-    df = load_results(dirs)
     out = Path(out)
+    df = load_results([Path(d) for d in dirs], relative_to=out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "claims.md"
     path.write_text(claims_markdown(df))

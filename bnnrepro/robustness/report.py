@@ -34,11 +34,12 @@ def _std(x: pd.Series) -> float:
 
 def per_run(draws: pd.DataFrame) -> pd.DataFrame:
     """One row per run x noise x level: error mean and std over the draws."""
-    first = RUN_COLUMNS[RUN_COLUMNS.index("effective_bits"):]
+    extra = ["code"] if "code" in draws else []  # the code version that made the draws (study records)
+    first = RUN_COLUMNS[RUN_COLUMNS.index("effective_bits"):] + extra
     grouped = draws.groupby(RUN_KEYS, sort=False, dropna=False)
     out = grouped.agg(error_mean=("error", "mean"), error_std=("error", _std), draws=("error", "size"),
                       **{c: (c, "first") for c in first}).reset_index()
-    return out[RUN_COLUMNS]
+    return out[RUN_COLUMNS + extra]
 
 
 def per_projection(draws: pd.DataFrame) -> pd.DataFrame:

@@ -1,0 +1,135 @@
+"""A study target: test-time distortion sweeps of the nets its first table counts, as records.
+
+Each counted run's sweep is kept beside its record: ``<out>/runs/<run id>/sweeps/<sweep id>.csv``
+(one line per noise x level x draw) and ``.json`` (the options and the code that made it). A sweep
+runs only when its record is missing or was made with other options, and only where the run's
+checkpoint is (the runs root); the outputs -- ``<out>/<study output>/<sweep out>/robustness_<noise>
+.{csv,md,png}`` and ``claims.md`` -- are then rebuilt from the records alone, so ``--no-train``
+rewrites them byte for byte on any checkout that has the records.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+
+from .. import runs
+from .plan import RowPlan
+from .targets import Study, Sweep
+
+SWEEPS = "sweeps"
+
+
+@dataclass
+class StudyOutcome:
+    swept: list[str] = field(default_factory=list)       # "<run id> <sweep id>" made now
+    missing: list[str] = field(default_factory=list)     # records that could not be made here
+    written: list[Path] = field(default_factory=list)
+
+
+def _options(study: Study, sweep: Sweep) -> dict:
+    return {"noises": list(sweep.noises), "weights": sweep.weights, "bn_recalibrate": sweep.bn_recalibrate,
+            "draws": study.draws, "seed": 0, "which": "best"}
+
+
+def _sweep_options(options: dict, threads_progress: bool = False):
+    from ..robustness import SweepOptions
+
+    return SweepOptions(draws=options["draws"], seed=options["seed"], weights=options["weights"],
+                        bn_recalibrate=options["bn_recalibrate"], which=options["which"], progress=threads_progress)
+
+
+def record_paths(records: Path, run_id: str, sweep_id: str) -> tuple[Path, Path]:
+    base = Path(records) / run_id / SWEEPS / sweep_id
+    return base.with_suffix(".csv"), base.with_suffix(".json")
+
+
+def _current(records: Path, run_id: str, sweep_id: str, options: dict) -> bool:
+    csv, meta = record_paths(records, run_id, sweep_id)
+    try:
+        return csv.is_file() and json.loads(meta.read_text()).get("options") == options
+    except (OSError, ValueError):
+        return False
+
+
+def _sweep_one(task: tuple[str, str, dict, int]) -> list[dict]:
+    """In a worker process: one run's sweep, its rows without machine paths."""
+    import torch
+
+    from ..robustness import sweep_run
+
+    path, run_id, options, threads = task
+    torch.set_num_threads(threads)
+    rows = sweep_run(Path(path), list(options["noises"]), _sweep_options(options))
+    code = runs.code_label(runs.code_version())
+    return [{**row, "run": run_id, "code": code} for row in rows]
+
+
+def run_sweeps(study: Study, plans: list[RowPlan], records: Path, *, jobs: int = 1, threads: int = 1,
+               log=None) -> StudyOutcome:
+    """Make every missing or outdated sweep record of the counted runs (their checkpoints needed)."""
+    log = log or sys.stderr
+    outcome = StudyOutcome()
+    tasks, keys = [], []
+    for sweep in study.sweeps:
+        options = _options(study, sweep)
+        for plan in plans:
+            for run in plan.runs.values():
+                if _current(records, run.id, sweep.id, options):
+                    continue
+                try:
+                    run.checkpoint("best")
+                except Exception:  # noqa: BLE001 - a record without its run directory here
+                    outcome.missing.append(f"{run.id} {sweep.id}: no checkpoint here (train or copy the run)")
+                    continue
+                tasks.append((str(run.path), run.id, options, threads))
+                keys.append((run.id, sweep, options))
+    if not tasks:
+        return outcome
+    print(f"bnnrepro table: {len(tasks)} sweep(s) to make, {jobs} at a time", file=log, flush=True)
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            results = list(pool.map(_sweep_one, tasks))
+    else:
+        results = [_sweep_one(task) for task in tasks]
+    for (run_id, sweep, options), rows in zip(keys, results):
+        csv, meta = record_paths(records, run_id, sweep.id)
+        runs.atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
+        runs.atomic_write_json(meta, {"options": options, "code": rows[0]["code"] if rows else None})
+        outcome.swept.append(f"{run_id} {sweep.id}")
+        print(f"  swept {run_id}: {sweep.id} ({len(rows)} draws)", file=log, flush=True)
+    return outcome
+
+
+def write_outputs(study: Study, plans: list[RowPlan], records: Path, out_dir: Path, command: str,
+                  outcome: StudyOutcome | None = None) -> StudyOutcome:
+    """The study's files from the sweep records of the counted runs (``plans`` from the records)."""
+    from ..robustness.claims import write_claims
+    from ..robustness.outputs import write_outputs as write_noise_outputs
+
+    outcome = outcome or StudyOutcome()
+    root = Path(out_dir) / study.output
+    dirs = []
+    for sweep in study.sweeps:
+        options = _options(study, sweep)
+        frames = []
+        for plan in plans:
+            for seed in sorted(plan.runs):
+                run = plan.runs[seed]
+                if _current(records, run.id, sweep.id, options):
+                    frames.append(pd.read_csv(record_paths(records, run.id, sweep.id)[0]))
+        if not frames:
+            continue
+        draws = pd.concat(frames, ignore_index=True)
+        folder = root / sweep.out
+        outcome.written += write_noise_outputs(draws.to_dict("records"), list(sweep.noises), folder,
+                                               _sweep_options(options), command=command)
+        dirs.append(folder)
+    if dirs:
+        outcome.written.append(write_claims(dirs, root))
+    return outcome
