@@ -37,11 +37,11 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConfig:
-    path = run_dir / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={run_dir}: no {CONFIG} there; is it a bnnrepro run directory?")
+    saved, why = runs.read_config(run_dir)
+    if saved is None:
+        raise FileNotFoundError(f"resume={run_dir}: {why} there; is it a bnnrepro run directory?")
     # merged onto the schema so that fields added since the run started take their defaults
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(path))
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
     if overrides is not None and overrides.get("data", {}).get("root"):
         cfg.data.root = overrides.data.root  # the data may live elsewhere on the resuming machine
     return cfg
