@@ -42,7 +42,7 @@ def load_grid(path: Path = GRID) -> dict:
 
 def compose(overrides):
     """The config `bnnrepro train <overrides>` would run with (the tables' own composer)."""
-    from bnnrepro.report.plan import hydra_composer
+    from bnnrepro.compose import hydra_composer
 
     return hydra_composer()(overrides)
 

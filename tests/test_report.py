@@ -47,9 +47,10 @@ def test_every_packaged_targets_file_parses_with_tags():
 def test_every_reproduced_row_composes_and_validates(paper):
     """A row names a preset that exists and passes validation at every scale, unless the row says
     why it cannot (QNN's PTB LSTM is invalid on purpose: its data is not supported by the trainer)."""
+    from bnnrepro.compose import hydra_composer
     from bnnrepro.report import plan
 
-    composer = plan.hydra_composer()
+    composer = hydra_composer()
     for table in targets.load(paper).tables:
         for row in table.rows:
             if not row.overrides:

@@ -112,7 +112,7 @@ def _from_preset(overrides: list[str]):
     from ..config import validate
     from ..data import DATASETS
     from ..train.factory import build_model, effective_width_mult
-    from .plan import hydra_composer
+    from ..compose import hydra_composer
 
     cfg = hydra_composer()(overrides)
     validate(cfg)

@@ -13,7 +13,8 @@ from typing import Callable
 
 from . import launch, render, tables
 from .collect import Problem, scan
-from .plan import RowPlan, cuda_available, data_check, hydra_composer, plan_row
+from ..compose import hydra_composer
+from .plan import RowPlan, cuda_available, data_check, plan_row
 from .targets import Targets
 
 
