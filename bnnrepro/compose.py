@@ -179,9 +179,10 @@ def _check_option(o: Override, options: list[str]) -> None:
                       f"(allowed: {', '.join(options)})")
 
 
-def typed_values(overrides: Iterable[str], allowed: Iterable[str]) -> dict[str, Any]:
+def typed_values(overrides: Iterable[str], allowed: Iterable[str], raw: Iterable[str] = ()) -> dict[str, Any]:
     """Plain ``key=value`` overrides of the keys in ``allowed`` as ``{key: value}``, values
-    type-checked against the schema (``train.num_threads=x`` fails naming the field)."""
+    type-checked against the schema (``train.num_threads=x`` fails naming the field); a group's
+    option is checked against ``conf/``; keys in ``raw`` keep their text (``seed=0,1,2``)."""
     from omegaconf import OmegaConf
 
     allowed = list(allowed)
@@ -195,7 +196,10 @@ def typed_values(overrides: Iterable[str], allowed: Iterable[str]) -> dict[str, 
             raise ConfigError(unknown_key_message(o.key, candidates=allowed or None))
         if o.prefix:
             raise ConfigError(f"{text!r}: write {o.key}=value (no {o.prefix!r}: the key exists)")
-        if o.key in schema_keys():
+        if o.key in config_groups() and o.key not in raw:
+            _check_option(o, config_groups()[o.key])
+            out[o.key] = o.value
+        elif o.key in schema_keys() and o.key not in raw:
             try:
                 cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.from_dotlist([f"{o.key}={o.value}"]))
             except Exception as err:  # omegaconf's ValidationError: the field and the bad value
