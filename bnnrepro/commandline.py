@@ -73,6 +73,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.command}: {message} (see {self.prog} --help)")
 
+    def _with_overrides(self, text: str) -> str:
+        if not self.override_keys:
+            return text
+        head, sep, tail = text.partition("\n\n")
+        return head + " [key=value ...]" + sep + tail
+
+    def format_usage(self) -> str:
+        return self._with_overrides(super().format_usage())
+
+    def format_help(self) -> str:
+        return self._with_overrides(super().format_help())
+
     def flags(self) -> list[str]:
         return sorted(s for a in self._actions for s in a.option_strings if s.startswith("--"))
 
