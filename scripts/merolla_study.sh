@@ -64,7 +64,7 @@ if [[ -z "${SWEEP:-}" ]]; then
 fi
 stamp "$(wc -l < "$SWEEP/runs.txt") trained runs in $SWEEP"
 
-common=(--runs "$SWEEP" --draws "$DRAWS" --threads 1 --quiet)
+common=("$SWEEP" --draws "$DRAWS" train.num_threads=1 --quiet)
 stamp "sweeps -> $OUT (effective weights), $OUT/latent (latent weights), $OUT/bn_recalibrated"
 mkdir -p "$OUT/latent" "$OUT/bn_recalibrated"
 # two sweep processes of about equal work; they write different files, so they share $OUT

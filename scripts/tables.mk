@@ -10,7 +10,7 @@ JOBS ?= 1
 THREADS ?= 1
 RESULTS ?= results
 TABLE_FLAGS ?=
-TABLE = $(BIN)/bnnrepro table --scale $(SCALE) --seeds $(SEEDS) --jobs $(JOBS) --threads $(THREADS) \
+TABLE = $(BIN)/bnnrepro table scale=$(SCALE) seed=$(SEEDS) --jobs $(JOBS) train.num_threads=$(THREADS) \
 	--out $(RESULTS) $(TABLE_FLAGS)
 
 .PHONY: tables table-bnn table-qnn table-dorefa table-merolla

@@ -1,4 +1,4 @@
-"""``bnnrepro pack | compare | bench`` and ``predict_packed`` (used by ``bnnrepro eval engine=packed``)."""
+"""``bnnrepro pack | compare | bench`` and ``predict_packed`` (used by ``bnnrepro eval --engine packed``)."""
 from __future__ import annotations
 
 import json
@@ -124,7 +124,7 @@ def pack_main(argv: list[str]) -> int:
             shape = tuple(int(v) for v in args.input_shape.split(","))
         packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
     except _user_errors() as err:  # PackError is a ValueError
-        print(f"bnnrepro pack: error: {err}", file=sys.stderr)
+        print(f"bnnrepro: error: pack: {err}", file=sys.stderr)
         return 2
     src = Path(args.source)
     out = Path(args.output) if args.output else (src / "model.bnn" if src.is_dir() else src.with_suffix(".bnn"))
@@ -233,7 +233,7 @@ def compare_main(argv: list[str]) -> int:
         else:
             x = _test_images(cfg, args.data_root, args.split, args.n)
     except _user_errors() as err:
-        print(f"bnnrepro compare: error: {err}", file=sys.stderr)
+        print(f"bnnrepro: error: compare: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     rows = compare(model, packed, x)
