@@ -181,6 +181,10 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as err:
         print(f"bnnrepro: error: {err}", file=sys.stderr)
         return 2
+    except SystemExit as exit_:  # --help (0), Hydra's own exits
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        raise
     except KeyboardInterrupt:
         print("\ninterrupted; a run resumes from its last epoch: bnnrepro train resume=<run dir>",
               file=sys.stderr)

@@ -382,8 +382,8 @@ def show_job_config(cfg) -> str:
 BASH = r'''# bnnrepro bash completion. Load it with:  eval "$(bnnrepro completion bash)"
 # (or save it as ~/.local/share/bash-completion/completions/bnnrepro)
 _bnnrepro() {
-    local cur="${COMP_WORDS[COMP_CWORD]}" IFS=$'\n'
-    COMPREPLY=( $("${COMP_WORDS[0]}" completion --query "$cur" -- "${COMP_LINE:0:COMP_POINT}" 2>/dev/null) )
+    local IFS=$'\n'
+    COMPREPLY=( $("${COMP_WORDS[0]}" completion --query "$COMP_WORDBREAKS" -- "${COMP_LINE:0:COMP_POINT}" 2>/dev/null) )
     if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]]; then
         compopt -o nospace 2>/dev/null
     fi
@@ -450,8 +450,9 @@ def _train_candidates(word: str) -> list[str]:
             values = []
         return [f"{prefix}{key}={v}" for v in values]
     defaults = _defaults_groups()
-    out = [f"{'' if g in defaults else '+'}{g}=" for g in groups if g not in ("tables",)]
-    out += [f"{k}=" for k, status in schema_keys().items() if status == "leaf"]
+    out = [f"{'' if g in defaults or g.startswith('hydra/') else '+'}{g}=" for g in groups if g != "tables"]
+    # paper/experiment are labels the presets set: +paper= picks the preset
+    out += [f"{k}=" for k, status in schema_keys().items() if status == "leaf" and k not in groups]
     if prefix:
         out = [o if o.startswith("+") else "+" + o for o in out]
     if word.startswith("-"):
@@ -491,13 +492,14 @@ def _split_line(line: str) -> list[str]:
 
 
 def completion_main(argv: list[str], commands: Iterable[str]) -> int:
-    """``bnnrepro completion bash|zsh`` prints the script; ``--query CUR -- LINE`` (bash) and
-    ``--words -- WORD...`` (zsh) print one candidate a line."""
+    """``bnnrepro completion bash|zsh`` prints the script; ``--query WORDBREAKS -- LINE`` (bash)
+    and ``--words -- WORD...`` (zsh) print one candidate a line."""
     if argv[:1] == ["--query"] and len(argv) >= 3 and argv[2] == "--":
-        cur, words = argv[1], _split_line(" ".join(argv[3:]))
+        breaks, words = set(argv[1]) - set(" \t\n"), _split_line(" ".join(argv[3:]))
         token = words[-1]
-        # bash splits words at COMP_WORDBREAKS (`=`, `:`): a candidate replaces only bash's word
-        cut = len(token) - len(cur) if token.endswith(cur) else 0
+        # readline completes only the text after the last COMP_WORDBREAKS character (`=`, `:`):
+        # a candidate replaces that text, so it is cut there too
+        cut = max((i + 1 for i, ch in enumerate(token) if ch in breaks), default=0)
         print("\n".join(c[cut:] for c in candidates(words, commands)))
         return 0
     if argv[:1] == ["--words"]:
