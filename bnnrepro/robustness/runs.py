@@ -41,7 +41,7 @@ def discover(paths: list[str | Path], which: str = "best") -> list[Path]:
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
-            raise FileNotFoundError(f"--runs {raw}: no such file or directory")
+            raise FileNotFoundError(f"{raw}: no such file or directory")
         if path.is_file():
             found += _from_list(path, which) if path.name == "runs.txt" else [_checked(path, which)]
         elif is_run_dir(path):
@@ -51,7 +51,7 @@ def discover(paths: list[str | Path], which: str = "best") -> list[Path]:
         else:
             children = sorted(p for p in path.iterdir() if is_run_dir(p))
             if not children:
-                raise CheckpointError(f"--runs {raw}: not a run directory, and it holds no runs.txt and no "
+                raise CheckpointError(f"{raw}: not a run directory, and it holds no runs.txt and no "
                                       f"run directories (folders with config.yaml and best.pt/last.pt)")
             found += [_checked(child, which) for child in children]
     unique, seen = [], set()
