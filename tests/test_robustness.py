@@ -308,8 +308,6 @@ def _run_dir_without_checkpoint(tmp_path):
     (["--noise", "additive", "/nonexistent/run"], "/nonexistent/run: no such file"),
     (["--noise", "additive", "CRASHED"], "has no checkpoint (best.pt or last.pt)"),
     (["--noise", "additive", "EMPTY"], "holds no runs.txt and no run directories"),
-    (["--noise", "additive", "--runs", "X"], "--runs is gone; write the runs as positional arguments"),
-    (["--noise", "additive", "--data-root", "X"], "--data-root is gone; write data.root=DIR"),
     (["--noise", "additive", "multiplicatve"], "'multiplicatve' is neither a run nor a noise; did you mean"),
     (["--noise", "additive", "data.rot=x"], "unknown config key `data.rot`; did you mean `data.root`?"),
     (["--noise", "additive", "device=tpu"], "device='tpu' is unknown; allowed: cpu, cuda, auto"),
