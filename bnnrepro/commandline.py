@@ -18,6 +18,10 @@ Flags of the first build that spelled a config value (``--data-root``, ``--runs-
 Reports (bench, robustness, table) go to ``--out DIR``, by default ``<runs root>/reports/<command>``
 -- never into the tracked ``results/`` unless ``--out results`` is given.
 
+Layering: this module sits above ``train`` and ``compose`` (which it imports, lazily) and below the
+command modules that use it (``evaluate``, ``kernels.commands``, ``robustness.commands``,
+``report.commands``) and ``cli``; it imports none of them.
+
 Shell completion: ``bnnrepro completion bash|zsh`` prints a script; the script asks
 ``bnnrepro completion --query`` for candidates (subcommands, flags, and for ``train`` the config
 groups, their options and the schema's keys).
@@ -73,17 +77,18 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(f"{self.command}: {message} (see {self.prog} --help)")
 
-    def _with_overrides(self, text: str) -> str:
-        if not self.override_keys:
+    def format_usage(self) -> str:
+        usage = super().format_usage()
+        if not self.override_keys or "[key=value ...]" in usage:
+            return usage
+        return usage.rstrip("\n") + " [key=value ...]\n"
+
+    def format_help(self) -> str:
+        text = super().format_help()
+        if not self.override_keys or "[key=value ...]" in text.split("\n\n", 1)[0]:
             return text
         head, sep, tail = text.partition("\n\n")
         return head + " [key=value ...]" + sep + tail
-
-    def format_usage(self) -> str:
-        return self._with_overrides(super().format_usage())
-
-    def format_help(self) -> str:
-        return self._with_overrides(super().format_help())
 
     def flags(self) -> list[str]:
         return sorted(s for a in self._actions for s in a.option_strings if s.startswith("--"))
