@@ -17,7 +17,7 @@ help:
 	@echo "make test    the default test suite (slow tests excluded)"
 	@echo "make test-all  every test, slow ones included"
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
-	@echo "make bench   bit-packed kernel benchmarks vs torch float32"
+	@echo "make bench   bit-packed kernel benchmarks vs torch float32 -> results/kernels.md"
 	@echo "make study-merolla   Merolla et al. robustness study on MNIST (bnnrepro table merolla_study: 18 nets + sweeps)"
 	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
@@ -49,7 +49,7 @@ test-faults: setup
 	$(BIN)/python -m pytest -q $(FAULT_TESTS)
 
 bench: setup
-	$(BIN)/bnnrepro bench
+	$(BIN)/bnnrepro bench --out results
 
 study-merolla: setup
 	$(TABLE) merolla_study

@@ -1,9 +1,11 @@
-"""``bnnrepro <command> ...``: train and eval are Hydra apps; the rest are argparse commands.
+"""``bnnrepro <command> ...``: train is a Hydra app; every command follows the one grammar of
+:mod:`bnnrepro.commandline` (positional targets, ``--flag value``, ``key=value`` config overrides).
 
   bnnrepro train [+paper=bnn] [scale=quick] [key=value ...] [-m ...]   train (Hydra overrides, multirun)
   bnnrepro train resume=<run dir>                                     continue an interrupted run
-  bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test] [data.root=...]
-  bnnrepro pack | compare | bench ...                                 bit-packed inference (see --help)
+  bnnrepro eval <run dir|checkpoint> [--engine packed] [--split val] [data.root=...]
+  bnnrepro pack | compare | bench | robustness | table | summary ...  see bnnrepro <command> --help
+  bnnrepro completion bash|zsh                                        shell completion script
 """
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ from .errors import USER_ERRORS
 
 COMMANDS = {
     "train": "train a model (Hydra overrides; -m for multirun; resume=<run dir> to continue)",
-    "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [engine=packed] [split=test]",
-    "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> -o model.bnn",
+    "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [--engine packed] [--split val]",
+    "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> [--out model.bnn]",
     "compare": "run torch and the packed engine layer by layer, name the first layer that differs",
-    "bench": "benchmark packed binary kernels against torch float32 (--quick, --json FILE)",
-    "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive --runs <dir> ...",
-    "table": "paper-vs-reproduced tables from finished runs: bnnrepro table <paper>",
-    "summary": "bit-aware model summary: bnnrepro summary <preset|run>",
+    "bench": "benchmark packed binary kernels against torch float32 (--quick, --json FILE, --out DIR)",
+    "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive <run> ...",
+    "table": "paper-vs-reproduced tables from finished runs: bnnrepro table <paper> [scale=quick]",
+    "summary": "bit-aware model summary: bnnrepro summary <run> | bnnrepro summary +paper=bnn",
+    "completion": "print a shell completion script: bnnrepro completion bash|zsh",
 }
 
 
@@ -32,7 +35,9 @@ def _usage() -> str:
     lines += ["", "examples:", "  bnnrepro train +paper=bnn scale=quick",
               "  bnnrepro train -m +paper=bnn scale=smoke seed=0,1,2",
               "  bnnrepro train resume=runs/<run dir>", "  bnnrepro eval runs/<run dir>",
-              "", "configs: conf/ (groups data, model, optim, scale, logger; presets +paper=, +experiment=)"]
+              "", "configs: conf/ (groups data, model, optim, scale, logger; presets +paper=, +experiment=)",
+              "grammar: positional targets, --flag value, key=value config overrides; "
+              "bnnrepro <command> --help"]
     return "\n".join(lines)
 
 
@@ -86,7 +91,43 @@ def _record_in_sweep(run_dir) -> None:
 
 
 def cmd_train(argv: list[str]) -> int:
+    from . import commandline
+    from .compose import check_overrides
+    from .errors import UsageError
+
+    if any(a in ("-h", "--help") for a in argv):
+        print(commandline.train_help())
+        return 0
+    if "--hydra-help" in argv:
+        return _hydra_main(_train_task, ["--help" if a == "--hydra-help" else a for a in argv], "bnnrepro train")
+    if any(a in ("-sc", "--shell-completion") or a.startswith("--shell-completion=") for a in argv):
+        raise UsageError("train: Hydra's completion cannot complete `bnnrepro train`; "
+                         "use: eval \"$(bnnrepro completion bash)\" (or zsh)")
+    overrides = commandline.train_overrides(argv)
+    check_overrides(overrides)  # an unknown key fails here, with the nearest valid key
+    if _is_cfg_job(argv):
+        from .compose import compose
+        from .config import validate
+
+        cfg = compose(overrides)
+        validate(cfg)
+        print(commandline.show_job_config(cfg), end="")
+        return 0
     return _hydra_main(_train_task, argv, "bnnrepro train")
+
+
+def _is_cfg_job(argv: list[str]) -> bool:
+    """``--cfg job`` alone (with ``--package``, ``--resolve`` or ``-m`` it is Hydra's to print)."""
+    flags = {a for a in argv if a.startswith("-")}
+    pairs = list(zip(argv, argv[1:]))
+    return any(f in ("--cfg", "-c") and v == "job" for f, v in pairs) and \
+        not flags & {"-m", "--multirun", "--package", "-p", "--resolve"}
+
+
+def cmd_completion(argv: list[str]) -> int:
+    from .commandline import completion_main
+
+    return completion_main(argv, [c for c in COMMANDS if c != "completion"])
 
 
 def _lazy(target: str):
@@ -109,6 +150,7 @@ HANDLERS = {
     "robustness": _lazy("bnnrepro.robustness.commands:main"),
     "table": _lazy("bnnrepro.report.commands:table_main"),
     "summary": _lazy("bnnrepro.report.commands:summary_main"),
+    "completion": cmd_completion,
 }
 
 
@@ -124,11 +166,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in HANDLERS:
-        print(f"bnnrepro: unknown command {command!r}; allowed: {', '.join(HANDLERS)}\n\n{_usage()}",
-              file=sys.stderr)
+        import difflib
+
+        near = difflib.get_close_matches(command, list(HANDLERS), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        print(f"bnnrepro: error: unknown command {command!r}; {hint}allowed: {', '.join(HANDLERS)} "
+              f"(see bnnrepro --help)", file=sys.stderr)
         return 2
     try:
         return HANDLERS[command](rest) or 0
+    except USER_ERRORS as err:
+        print(f"bnnrepro: error: {err}", file=sys.stderr)
+        return 2
+    except SystemExit as exit_:  # --help (0), Hydra's own exits
+        if exit_.code is None or isinstance(exit_.code, int):
+            return exit_.code or 0
+        raise
     except KeyboardInterrupt:
         print("\ninterrupted; a run resumes from its last epoch: bnnrepro train resume=<run dir>",
               file=sys.stderr)

@@ -1,28 +1,20 @@
-"""``bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test|val] [which=best|last]
-[data.root=DIR] [batch_size=N]``: the error of a trained model on a split, with torch or packed."""
+"""``bnnrepro eval <run dir|checkpoint> [--engine torch|packed] [--split test|val|train] [--which best|last]
+[data.root=DIR] [train.eval_batch_size=N]``: the error of a trained model on a split, with torch or packed."""
 from __future__ import annotations
 
 import sys
 import time
 from .errors import USER_ERRORS
 
-OPTIONS = {"engine": ("torch", "packed"), "split": ("test", "val", "train"), "which": ("best", "last")}
-
 
 def parse(argv: list[str]) -> tuple[str, dict]:
-    if not argv or argv[0].startswith("-"):
-        raise ValueError("usage: bnnrepro eval <run dir|checkpoint> [engine=torch|packed] [split=test|val] "
-                         "[which=best|last] [data.root=DIR] [batch_size=N]")
-    target, opts = argv[0], {"engine": "torch", "split": "test", "which": "best", "data.root": None,
-                             "batch_size": 1000}
-    for arg in argv[1:]:
-        key, sep, value = arg.partition("=")
-        if not sep or key not in opts:
-            raise ValueError(f"eval: unknown option {arg!r}; allowed: {', '.join(k + '=' for k in opts)}")
-        if key in OPTIONS and value not in OPTIONS[key]:
-            raise ValueError(f"eval: {key}={value!r} is not allowed; allowed: {', '.join(OPTIONS[key])}")
-        opts[key] = int(value) if key == "batch_size" else value
-    return target, opts
+    """The command line -> (target, options for :func:`run`); raises UsageError/ConfigError."""
+    from . import commandline
+
+    args = commandline.parse(commandline.eval_parser(), argv)
+    return args.target, {"engine": args.engine, "split": args.split, "which": args.which,
+                         "data.root": args.overrides.get("data.root"),
+                         "batch_size": args.overrides.get("train.eval_batch_size", 1000)}
 
 
 def run(target: str, opts: dict) -> dict:
@@ -30,7 +22,7 @@ def run(target: str, opts: dict) -> dict:
 
     from . import data as datasets
     from .train.batches import evaluate
-    from .train.checkpoint import load_model
+    from .train import load_model
 
     model, cfg = load_model(target, which=opts["which"])
     root = opts["data.root"] or cfg.data.root

@@ -37,7 +37,7 @@ QNN_FLOAT = ("qnn-float", ["+experiment=qnn_mnist_mlp", "quant.weight=identity",
 
 def compose(overrides):
     """The config `bnnrepro train <overrides>` would run with (the tables' own composer)."""
-    from bnnrepro.report.plan import hydra_composer  # noqa: the tables' composer
+    from bnnrepro.compose import hydra_composer
 
     return hydra_composer()(overrides)
 

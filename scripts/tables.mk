@@ -11,7 +11,7 @@ JOBS ?= 1
 THREADS ?= 1
 RESULTS ?= results
 TABLE_FLAGS ?=
-TABLE = $(BIN)/bnnrepro table --scale $(SCALE) $(if $(SEEDS),--seeds $(SEEDS)) --jobs $(JOBS) --threads $(THREADS) \
+TABLE = $(BIN)/bnnrepro table scale=$(SCALE) $(if $(SEEDS),seed=$(SEEDS)) --jobs $(JOBS) train.num_threads=$(THREADS) \
 	--out $(RESULTS) $(TABLE_FLAGS)
 
 .PHONY: tables table-bnn table-qnn table-dorefa table-merolla

@@ -28,13 +28,9 @@ def mnist_root() -> Path:
 
 def compose(overrides: list[str] | None = None):
     """The config `bnnrepro train <overrides>` would run with (composition only, no job)."""
-    from hydra import compose as hydra_compose, initialize_config_module
+    from bnnrepro.compose import compose as compose_config
 
-    from bnnrepro.config import register_configs
-
-    register_configs()
-    with initialize_config_module(config_module="bnnrepro.conf", version_base="1.3"):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+    return compose_config(list(overrides or []))
 
 
 @pytest.fixture

@@ -1,6 +1,10 @@
 """Bad input fails fast from the real CLI with a message naming the problem, and leaves no run that
-claims to be completed."""
-import gzip
+claims to be completed.
+
+Refusals that only re-check validation call ``bnnrepro.cli.main`` in this process (same code path
+as the console script, without a fresh interpreter per case); the refusals that need a real
+process -- data missing or corrupt, an unwritable runs root, one config error end to end -- run
+``python -m bnnrepro``."""
 import json
 import os
 import shutil
@@ -8,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,11 +20,33 @@ TIMES: dict[str, float] = {}
 
 
 def _cli(args, env=None, cwd=None):
+    """``python -m bnnrepro args`` in a fresh process."""
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "bnnrepro", *args], capture_output=True, text=True,
                          env={**os.environ, **(env or {})}, timeout=120, cwd=cwd)
     TIMES[" ".join(args)] = time.perf_counter() - t0
     return out
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``bnnrepro args`` in this process: ``cli(args, env)`` -> returncode, stdout, stderr."""
+    from bnnrepro import cli as cli_module
+
+    def run(args, env=None):
+        for key, value in (env or {}).items():
+            monkeypatch.setenv(key, value)
+        capsys.readouterr()
+        t0 = time.perf_counter()
+        try:
+            code = cli_module.main(list(args))
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        TIMES[" ".join(args)] = time.perf_counter() - t0
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out.out, stderr=out.err)
+
+    return run
 
 
 def _completed_runs(root: Path) -> list[Path]:
@@ -57,7 +84,9 @@ CONFIG_CASES = [
     (["optim.gamma=2"], "optim.gamma=2.0 must be in (0, 1]"),
     (["data.val_size=-1"], "data.val_size=-1 must be >= 0"),
     (["model.name=lstm_lm"], "needs the language-model loop"),
-    (["nosuchkey=1"], "nosuchkey"),
+    (["nosuchkey=1"], "unknown config key `nosuchkey`"),
+    (["optim.lrr=1"], "unknown config key `optim.lrr`; did you mean `optim.lr`?"),
+    (["+model.hiden=[10]"], "unknown config key `model.hiden` (added with +); did you mean `model.hidden`?"),
     (["model.variant=A"], "model.variant='A' is not used by model 'mlp'"),
 ]
 # "Fast" is asserted by what happens, not by a stopwatch (a timed test flakes on a loaded machine):
@@ -66,19 +95,29 @@ CONFIG_CASES = [
 
 
 @pytest.mark.parametrize("overrides,message", CONFIG_CASES, ids=[c[0][0] for c in CONFIG_CASES])
-def test_bad_config_values(overrides, message, runs_dir, record_property):
+def test_bad_config_values(overrides, message, runs_dir, record_property, cli):
     if overrides == ["device=cuda"]:
         import torch
         if torch.cuda.is_available():
             pytest.skip("a CUDA device is available")
     record_property("bad_inputs", 1)
     args = ["train", "+paper=bnn", "scale=smoke", *overrides]
-    out = _cli(args, env={"BNNREPRO_DATA": str(runs_dir.parent / "empty-data-root")})
+    out = cli(args, env={"BNNREPRO_DATA": str(runs_dir.parent / "empty-data-root")})
     assert out.returncode != 0
     assert message in out.stderr + out.stdout
     assert "required file(s) not found" not in out.stderr  # refused before the data was looked at
     assert "Traceback" not in out.stderr or "train.epochs=abc" in " ".join(overrides)
     assert not runs_dir.exists() or not any(runs_dir.iterdir())  # no run directory was even created
+
+
+def test_bad_config_value_from_a_fresh_process(runs_dir, record_property):
+    """One refusal end to end through `python -m bnnrepro` (the in-process cases share its code)."""
+    record_property("bad_inputs", 1)
+    out = _cli(["train", "+paper=bnn", "scale=smoke", "+model.hiden=[10]"],
+               env={"BNNREPRO_DATA": str(runs_dir.parent / "empty-data-root")})
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "unknown config key `model.hiden` (added with +); did you mean `model.hidden`?" in out.stderr
+    assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
 def test_missing_data_offline_lists_files(tmp_path, runs_dir, record_property):
@@ -117,27 +156,27 @@ def test_unwritable_runs_dir(tmp_path, mnist_root, record_property):
     assert "is not writable" in out.stderr and str(blocker / "runs") in out.stderr
 
 
-def test_resume_of_missing_run(tmp_path, runs_dir, record_property):
+def test_resume_of_missing_run(tmp_path, runs_dir, record_property, cli):
     record_property("bad_inputs", 3)
-    out = _cli(["train", f"resume={tmp_path / 'nope'}"])
+    out = cli(["train", f"resume={tmp_path / 'nope'}"])
     assert out.returncode == 2 and "no such run directory" in out.stderr
     a_file = tmp_path / "last.pt"
     a_file.write_bytes(b"not a run")
-    out = _cli(["train", f"resume={a_file}"])
+    out = cli(["train", f"resume={a_file}"])
     assert out.returncode == 2 and "no such run directory" in out.stderr
-    out = _cli(["train", f"resume={tmp_path}"])  # a directory, but not a run's
+    out = cli(["train", f"resume={tmp_path}"])  # a directory, but not a run's
     assert out.returncode == 2 and "no config.yaml there; is it a bnnrepro run directory?" in out.stderr
 
 
-def test_eval_of_dir_without_checkpoint(tmp_path, record_property):
+def test_eval_of_dir_without_checkpoint(tmp_path, record_property, cli):
     record_property("bad_inputs", 2)
-    out = _cli(["eval", str(tmp_path)])
+    out = cli(["eval", str(tmp_path)])
     assert out.returncode == 2 and "has no checkpoint" in out.stderr
-    out = _cli(["eval", str(tmp_path / "nope.pt")])
+    out = cli(["eval", str(tmp_path / "nope.pt")])
     assert out.returncode == 2 and "is neither a run directory nor a checkpoint file" in out.stderr
 
 
-def test_eval_rejects_crafted_pickle(tmp_path, record_property):
+def test_eval_rejects_crafted_pickle(tmp_path, record_property, cli):
     """A checkpoint that would run code when unpickled is refused, and the code does not run."""
     record_property("faults", 1)
     import pickle
@@ -150,17 +189,17 @@ def test_eval_rejects_crafted_pickle(tmp_path, record_property):
 
     bad = tmp_path / "evil.pt"
     bad.write_bytes(pickle.dumps({"format": "bnnrepro.checkpoint", "x": Evil()}))
-    out = _cli(["eval", str(bad)])
+    out = cli(["eval", str(bad)])
     assert out.returncode == 2 and "cannot be loaded safely" in out.stderr
     assert not marker.exists()
 
 
-def test_unknown_command_and_eval_option(tmp_path, record_property):
+def test_unknown_command_and_eval_option(tmp_path, record_property, cli):
     record_property("bad_inputs", 2)
-    out = _cli(["trian"])
+    out = cli(["trian"])
     assert out.returncode == 2 and "unknown command 'trian'" in out.stderr
-    out = _cli(["eval", str(tmp_path), "engine=gpu"])
-    assert out.returncode == 2 and "engine='gpu' is not allowed; allowed: torch, packed" in out.stderr
+    out = cli(["eval", str(tmp_path), "--engine", "gpu"])
+    assert out.returncode == 2 and "invalid choice: 'gpu' (choose from 'torch', 'packed')" in out.stderr
 
 
 def teardown_module(module):

@@ -213,10 +213,10 @@ def test_trained_mlp_predictions_identical_on_all_mnist_test_images(trained_run)
 def test_pack_and_compare_commands(trained_run, tmp_path, capsys):
     run, root = trained_run
     out = tmp_path / "model.bnn"
-    assert commands.pack_main([str(run), "-o", str(out)]) == 0
+    assert commands.pack_main([str(run), "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "ratio 1/" in text and out.is_file()
-    assert commands.compare_main([str(run), "--artifact", str(out), "-n", "2000", "--data-root", str(root),
+    assert commands.compare_main([str(run), "--artifact", str(out), "-n", "2000", f"data.root={root}",
                                   "--json", str(tmp_path / "c.json")]) == 0
     text = capsys.readouterr().out
     assert "first layer that differs" in text and "predictions differ on 0/2000" in text

@@ -74,7 +74,7 @@ def test_summary_cli_on_a_preset(capsys):
     assert "bnn_mnist_theano: mlp on mnist, scale=smoke" in out
     for text in ("in bits", "params binary", "MACs binary", "compression x", "MACs per sample"):
         assert text in out
-    assert commands.summary_main(["+paper=bnn", "scale=smoke", "--no-pack", "--json"]) == 0
+    assert commands.summary_main(["+paper=bnn", "scale=smoke", "--no-pack", "--json", "-"]) == 0
     data = json.loads(capsys.readouterr().out)
     hidden = 256  # 4096 x 0.0625
     assert data["params"]["binary"] == 784 * hidden + 2 * hidden * hidden + hidden * 10
@@ -82,7 +82,8 @@ def test_summary_cli_on_a_preset(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["no/such/run"], "'no/such/run' is neither a run directory or checkpoint nor a Hydra override"),
+    (["no/such/run"], "'no/such/run' is neither a run directory or checkpoint nor an override"),
+    (["+paper=bnn", "model.hiden=[10]"], "unknown config key `model.hiden`; did you mean `model.hidden`?"),
     (["+experiment=no_such_preset"], "bnnrepro: error: "),
     (["+paper=bnn", "quant.weight=sgn"], "quant.weight='sgn' is unknown"),
 ])

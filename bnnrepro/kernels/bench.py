@@ -9,7 +9,6 @@ machine delivered at that moment.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import os
@@ -357,15 +356,10 @@ def run(quick: bool = False, repeats: int | None = None, with_compile: bool = Tr
 
 
 def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="bnnrepro bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer shapes, smaller batches, fewer repeats")
-    ap.add_argument("--repeats", type=int, help="repeats per case (default 20 layers / 10 models; quick 5/3)")
-    ap.add_argument("--json", help="write the full result as JSON to this file")
-    ap.add_argument("--out-dir", default="results", help="where kernels.md and kernels.csv go (default results/)")
-    ap.add_argument("--no-write", action="store_true", help="do not write kernels.md/csv")
-    ap.add_argument("--no-compile", action="store_true", help="skip the fresh-process compile-time measurement")
-    ap.add_argument("--threads", type=int, help="threads for both numba and torch (default: all cores)")
-    args = ap.parse_args(argv)
+    from .. import commandline
+
+    args = commandline.parse(commandline.bench_parser(__doc__.split("\n\n")[0]), argv)
+    out_dir = commandline.report_dir("bench", args.out, args.overrides)
     if args.threads:
         import numba
 
@@ -385,8 +379,8 @@ def main(argv: list[str]) -> int:
         c = result["compile"]
         print(f"compile: first use {c['first_use_s']:.1f} s, cached {c['cached_s']:.1f} s")
     if not args.no_write:
-        md, csv_path = write_reports(result, Path(args.out_dir))
+        md, csv_path = write_reports(result, out_dir)
         print(f"wrote {md} and {csv_path}")
     if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        commandline.write_json(json.dumps(result, indent=2), args.json)
     return 0 if all(r["check"] != "MISMATCH" for r in result["rows"]) else 1

@@ -1,7 +1,6 @@
-"""``bnnrepro pack | compare | bench`` and ``predict_packed`` (used by ``bnnrepro eval engine=packed``)."""
+"""``bnnrepro pack | compare | bench`` and ``predict_packed`` (used by ``bnnrepro eval --engine packed``)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -115,13 +114,10 @@ def _size(n: int) -> str:
 
 
 def pack_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="bnnrepro pack", description="Write a bit-packed artifact (.bnn: npz of "
-                                 "arrays + JSON header, no code) of a trained BNN and report its size.")
-    ap.add_argument("source", help="run directory or checkpoint (.pt)")
-    ap.add_argument("-o", "--output", help="output file (default: <run>/model.bnn or <checkpoint>.bnn)")
-    ap.add_argument("--which", choices=("best", "last"), default="best")
-    ap.add_argument("--input-shape", help="one sample's shape C,H,W (default: from the checkpoint)")
-    args = ap.parse_args(argv)
+    from .. import commandline
+
+    args = commandline.parse(commandline.pack_parser(), argv)
+    args.source, args.output = args.target, args.out
     try:
         model, cfg, shape = load_torch(args.source, args.which)
         _check_preprocessing(cfg)
@@ -129,7 +125,7 @@ def pack_main(argv: list[str]) -> int:
             shape = tuple(int(v) for v in args.input_shape.split(","))
         packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
     except _user_errors() as err:  # PackError is a ValueError
-        print(f"bnnrepro pack: error: {err}", file=sys.stderr)
+        print(f"bnnrepro: error: pack: {err}", file=sys.stderr)
         return 2
     src = Path(args.source)
     out = Path(args.output) if args.output else (src / "model.bnn" if src.is_dir() else src.with_suffix(".bnn"))
@@ -225,17 +221,10 @@ def _test_images(cfg, root: str | None, split: str, n: int | None):
 
 
 def compare_main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="bnnrepro compare", description="Run the float model and the packed "
-                                 "engine side by side, layer by layer; name the first layer that differs.")
-    ap.add_argument("source", help="run directory or checkpoint (.pt)")
-    ap.add_argument("--artifact", help="a .bnn file to compare instead of packing the checkpoint now")
-    ap.add_argument("--which", choices=("best", "last"), default="best")
-    ap.add_argument("--split", choices=("test", "val", "train"), default="test")
-    ap.add_argument("-n", type=int, default=None, help="first n images of the split (default: all)")
-    ap.add_argument("--data-root", help="dataset root (default: the run's data.root)")
-    ap.add_argument("--random", type=int, default=0, metavar="N", help="use N random uint8 images instead")
-    ap.add_argument("--json", help="also write the table as JSON")
-    args = ap.parse_args(argv)
+    from .. import commandline
+
+    args = commandline.parse(commandline.compare_parser(), argv)
+    args.source, args.data_root = args.target, args.overrides.get("data.root")
     try:
         model, cfg, shape = load_torch(args.source, args.which)
         _check_preprocessing(cfg)
@@ -245,14 +234,14 @@ def compare_main(argv: list[str]) -> int:
         else:
             x = _test_images(cfg, args.data_root, args.split, args.n)
     except _user_errors() as err:
-        print(f"bnnrepro compare: error: {err}", file=sys.stderr)
+        print(f"bnnrepro: error: compare: {err}", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     rows = compare(model, packed, x)
     print_compare(rows)
     print(f"({len(x)} images, {time.perf_counter() - t0:.1f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        commandline.write_json(json.dumps(rows, indent=2), args.json)
     return 0 if rows[-1]["out_mismatch"] == 0 else 1
 
 

@@ -1,8 +1,6 @@
 """``bnnrepro table`` and ``bnnrepro summary``."""
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 from importlib import resources
 from pathlib import Path
@@ -20,14 +18,6 @@ needed at this scale and none here) stay in the table and say why.
 A second call with nothing new launches nothing."""
 
 
-class _Parser(argparse.ArgumentParser):
-    """Usage errors as one line, like every other bad input."""
-
-    def error(self, message):
-        print(f"bnnrepro: error: {self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
-        raise SystemExit(2)
-
-
 def _fail(message: str) -> int:
     print(f"bnnrepro: error: {message}", file=sys.stderr)
     return 2
@@ -40,57 +30,53 @@ def _scales() -> list[str]:
 
 def _seeds(text: str) -> tuple[int, ...]:
     try:
-        seeds = tuple(int(s) for s in text.split(",") if s.strip() != "")
+        seeds = tuple(int(s) for s in str(text).split(",") if s.strip() != "")
     except ValueError:
-        raise ValueError(f"--seeds={text!r} must be comma-separated integers, e.g. 0,1,2") from None
+        raise ValueError(f"seed={text!r} must be comma-separated integers, e.g. seed=0,1,2") from None
     if not seeds or any(s < 0 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds={text!r} must list distinct non-negative integers, e.g. 0,1,2")
+        raise ValueError(f"seed={text!r} must list distinct non-negative integers, e.g. seed=0,1,2")
     return seeds
 
 
-def table_parser() -> argparse.ArgumentParser:
-    ap = _Parser(prog="bnnrepro table", description=TABLE_HELP,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("papers", nargs="+", metavar="target", help="a paper (bnn, qnn, dorefa, merolla), a study "
-                    "(the targets under bnnrepro/report/targets/), or all")
-    ap.add_argument("--runs-dir", help="where runs are found and made (default: env BNNREPRO_RUNS, else runs)")
-    ap.add_argument("--scale", default="quick", help="scale preset of the runs (default: quick)")
-    ap.add_argument("--seeds", default=None, help="seeds per row (default: each table's own, else 0,1,2)")
-    ap.add_argument("--out", default="results", help="output folder (default: results)")
-    ap.add_argument("--no-train", action="store_true", help="only rebuild the tables from existing runs")
-    ap.add_argument("--jobs", type=int, default=1, help="parallel training jobs (joblib launcher when > 1)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads per training job (default: 1)")
-    ap.add_argument("--no-figures", action="store_true", help="skip the curve PNGs")
-    ap.add_argument("--allow-dirty", action="store_true",
-                    help="count runs made on a modified tree (marked +dirty); by default they are not counted")
-    return ap
+def table_parser():
+    from .. import commandline
+    from . import targets
+
+    return commandline.table_parser(TABLE_HELP, targets.names())
 
 
 def table_main(argv: list[str], **hooks) -> int:
     """``hooks`` (tests): runner, composer, check_data, has_cuda for :func:`pipeline.make_tables`."""
-    args = table_parser().parse_args(argv)
+    from .. import commandline
     from . import pipeline, targets
 
+    try:
+        args = commandline.parse(table_parser(), argv, raw=("seed",))
+    except USER_ERRORS as err:
+        return _fail(str(err))
+    scale = args.overrides.get("scale", "quick")
+    threads = args.overrides.get("train.num_threads", 1)
     known = targets.names()
     papers = known if args.papers == ["all"] else list(dict.fromkeys(args.papers))
     unknown = [p for p in papers if p not in known]
     if unknown:
         return _fail(f"unknown target {unknown[0]!r}; allowed: {', '.join(known)}, all")
-    if args.scale not in _scales():
-        return _fail(f"--scale={args.scale!r} is unknown; allowed: {', '.join(_scales())}")
-    if args.jobs < 1 or args.threads < 1:
-        return _fail("--jobs and --threads must be positive integers")
+    if scale not in _scales():
+        return _fail(f"scale={scale!r} is unknown; allowed: {', '.join(_scales())}")
+    if args.jobs < 1 or threads is None or threads < 1:
+        return _fail("--jobs and train.num_threads must be positive integers")
     try:
-        seeds = _seeds(args.seeds) if args.seeds is not None else None
+        seeds = _seeds(args.overrides["seed"]) if "seed" in args.overrides else None
         loaded = [targets.load(p) for p in papers]
     except (ValueError, TargetsError) as err:
         return _fail(str(err))
-    runs_dir = Path(args.runs_dir or os.environ.get("BNNREPRO_RUNS") or "runs").expanduser()
+    runs_dir = commandline.runs_root(args.overrides)
+    out_dir = commandline.report_dir("table", args.out, args.overrides)
     # per paper, so a table reads the same whether `table all` or `table <paper>` wrote it
-    command = f"bnnrepro table {{target}} --scale {args.scale} --seeds {{seeds}}"
+    command = f"bnnrepro table {{target}} scale={scale} seed={{seeds}}"
     try:
-        outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=Path(args.out), scale=args.scale,
-                                       seeds=seeds, train=not args.no_train, jobs=args.jobs, threads=args.threads,
+        outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=out_dir, scale=scale,
+                                       seeds=seeds, train=not args.no_train, jobs=args.jobs, threads=threads,
                                        command=command, figures=not args.no_figures,
                                        allow_dirty=args.allow_dirty, **hooks)
     except (OSError, ValueError) as err:
@@ -109,15 +95,11 @@ packed artifact when the model packs. The model is a preset (Hydra overrides, e.
 `+paper=bnn scale=quick`: composed and built untrained, no data needed) or a run directory/checkpoint."""
 
 
-def _is_override(arg: str) -> bool:
-    return "=" in arg and not Path(arg).exists()
-
-
 def _from_preset(overrides: list[str]):
     from ..config import validate
     from ..data import DATASETS
     from ..train.factory import build_model, effective_width_mult
-    from .plan import hydra_composer
+    from ..compose import hydra_composer
 
     cfg = hydra_composer()(overrides)
     validate(cfg)
@@ -144,24 +126,27 @@ def _from_run(path: str, which: str):
 
 
 def summary_main(argv: list[str]) -> int:
-    ap = _Parser(prog="bnnrepro summary", description=SUMMARY_HELP,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("target", nargs="+", help="a run directory or checkpoint, or Hydra overrides of a preset")
-    ap.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run directory")
-    ap.add_argument("--no-pack", action="store_true", help="skip measuring the packed artifact")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of the text table")
-    args = ap.parse_args(argv)
+    from .. import commandline
+    from ..compose import check_overrides
     from . import summary
 
-    overrides = [a for a in args.target if _is_override(a)]
+    parser = commandline.summary_parser(SUMMARY_HELP)
+    words, overrides = commandline.split_overrides(list(argv))
     try:
-        if overrides and len(overrides) == len(args.target):
+        args = parser.parse_intermixed_args(words)
+        if args.target is not None and overrides:
+            return _fail(f"summary: a run takes no overrides ({' '.join(overrides)}); "
+                         "give a run or a preset's overrides, not both")
+        if args.target is not None:
+            if not Path(args.target).exists():
+                return _fail(f"{args.target!r} is neither a run directory or checkpoint nor an override (key=value)")
+            model, cfg, shape, title = _from_run(args.target, args.which)
+        elif overrides:
+            check_overrides(overrides)
             model, cfg, shape, title = _from_preset(overrides)
-        elif len(args.target) == 1 and Path(args.target[0]).exists():
-            model, cfg, shape, title = _from_run(args.target[0], args.which)
         else:
-            bad = next(a for a in args.target if not _is_override(a))
-            return _fail(f"{bad!r} is neither a run directory or checkpoint nor a Hydra override (key=value)")
+            return _fail("summary: give a run directory or checkpoint, or a preset's overrides "
+                         "(+paper=bnn scale=quick) (see bnnrepro summary --help)")
         result = summary.profile(model, shape, title)
         if not args.no_pack:
             result.packed_bytes, result.packed_note = summary.packed_size(model, shape, cfg.data.preprocessing)
@@ -171,5 +156,8 @@ def summary_main(argv: list[str]) -> int:
         if type(err).__module__.startswith(("hydra", "omegaconf")):
             return _fail(f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err) else ''}")
         raise
-    print(summary.to_json(result) if args.json else summary.format_text(result))
+    if args.json:
+        commandline.write_json(summary.to_json(result), args.json)
+    else:
+        print(summary.format_text(result))
     return 0

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from . import curves, launch, render, study, tables
+from ..compose import hydra_composer
 from ..runs import Problem, Scan, export, scan
-from .plan import RowPlan, cuda_available, data_check, hydra_composer, plan_row
+from . import curves, launch, render, study, tables
+from .plan import RowPlan, cuda_available, data_check, plan_row
 from .tables import RECORDS
 from .targets import DEFAULT_SEEDS, Targets
 

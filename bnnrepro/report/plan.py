@@ -64,24 +64,7 @@ def differences(expected: dict[str, Any], config: dict) -> list[str]:
     return sorted(k for k in expected.keys() & actual.keys() if not _same(expected[k], actual[k]))
 
 
-# ------------------------------------------------------------------------------------ composing
-
-def hydra_composer() -> Callable[[list[str]], Any]:
-    """``compose(overrides) -> DictConfig`` over the package's config tree (no job is run)."""
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    from ..config import register_configs
-
-    register_configs()
-
-    def run(overrides: list[str]):
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="bnnrepro.conf", version_base="1.3"):
-            return compose(config_name="config", overrides=list(overrides))
-
-    return run
-
+# ------------------------------------------------------------------------------------ checking a row
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
