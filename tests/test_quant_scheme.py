@@ -1,6 +1,6 @@
 """The declarative quantizer scheme (issue 10, scope 2).
 
-* every preset composes and builds exactly what it built before the scheme existed: the resolved
+* every preset (and every committed table row) composes and builds exactly what it built before the scheme existed: the resolved
   config agrees on every key of the snapshot (new keys may be added), and the model has the same
   modules, parameter/buffer shapes and quantizer settings (tests/snapshots/quant_presets.json,
   written by tests/snapshots/make_quant_snapshot.py before the change);
@@ -41,12 +41,13 @@ def composer():
 
 def test_snapshot_covers_every_preset():
     expected = {f"{p} scale={s}" for p in snap.presets() for s in snap.SCALES}
+    expected |= {f"{row} scale=smoke" for row in snap.table_rows()}
     assert set(SNAPSHOT["presets"]) == expected
 
 
 @pytest.mark.parametrize("key", sorted(SNAPSHOT["presets"]))
 def test_preset_builds_as_before(composer, key):
-    preset, scale = key.split(" scale=")
+    preset, scale = key.rsplit(" scale=", 1)
     old = SNAPSHOT["presets"][key]
     new = snap.preset_record(composer, preset, scale)
     old_cfg, new_cfg = _flatten(old["config"]), _flatten(new["config"])

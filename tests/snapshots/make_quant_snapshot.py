@@ -3,7 +3,8 @@ nothing (issue 10, scope 2: the declarative quantizer scheme).
 
 ``python tests/snapshots/make_quant_snapshot.py [--smoke-runs]`` writes ``quant_presets.json`` next to
 this file: for every ``conf/paper/*.yaml`` (``+paper=X``) and ``conf/experiment/*.yaml``
-(``+experiment=X``) at ``scale=paper`` and ``scale=smoke``: the resolved config (paths and other
+(``+experiment=X``) at ``scale=paper`` and ``scale=smoke``, and every row of the committed tables
+(report targets, conf/tables) at ``scale=smoke``: the resolved config (paths and other
 run-independent fields left out), and the model it builds, module by module: parameter and buffer
 names and shapes, and for every quantizer module its registry name, precision and settings. Presets
 that fail validation on purpose (the PTB LSTM) are recorded with the error. ``--smoke-runs`` also
@@ -42,6 +43,31 @@ def presets() -> list[str]:
     out = [f"+paper={p.stem}" for p in sorted((ROOT / "conf" / "paper").glob("*.yaml"))]
     out += [f"+experiment={p.stem}" for p in sorted((ROOT / "conf" / "experiment").glob("*.yaml"))]
     return out
+
+
+def table_rows() -> list[str]:
+    """Every distinct row of the committed tables (report targets and conf/tables), as one string of
+    overrides: the combinations of quantizer keys that runs are matched by."""
+    import yaml
+
+    found: list[str] = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if isinstance(node.get("overrides"), list):
+                key = " ".join(str(o) for o in node["overrides"])
+                if key not in found:
+                    found.append(key)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    for path in sorted((ROOT / "bnnrepro" / "report" / "targets").glob("*.yaml")) + \
+            sorted((ROOT / "conf" / "tables").glob("*.yaml")):
+        walk(yaml.safe_load(path.read_text()))
+    return found
 
 
 def _jsonable(v):
@@ -124,7 +150,7 @@ def preset_record(composer, preset: str, scale: str) -> dict:
     from bnnrepro.config import validate
     from bnnrepro.errors import ConfigError
 
-    cfg = composer([preset, f"scale={scale}"])
+    cfg = composer(preset.split() + [f"scale={scale}"])
     rec: dict = {"config": config_record(cfg)}
     try:
         validate(cfg)
@@ -140,7 +166,12 @@ def all_preset_records() -> dict:
     from bnnrepro.report.plan import hydra_composer
 
     composer = hydra_composer()
-    return {f"{p} scale={s}": preset_record(composer, p, s) for p in presets() for s in SCALES}
+    out = {f"{p} scale={s}": preset_record(composer, p, s) for p in presets() for s in SCALES}
+    for row in table_rows():
+        key = f"{row} scale=smoke"
+        if key not in out:
+            out[key] = preset_record(composer, row, "smoke")
+    return out
 
 
 def _strip_timings(rec):
