@@ -1,6 +1,12 @@
-"""Quantizers as modules, registered by name: ``build('sign')``, ``build('stochastic_sign')``, ..."""
+"""Quantizers as modules, registered by name: ``build('sign')``, ``build('stochastic_sign')``, ...
+
+``base`` holds the :class:`Quantizer` base class (what a quantizer declares: precision, kind, ...),
+``ste`` every straight-through autograd Function.
+"""
 from .registry import QUANTIZERS, VALID_BITS, allowed_bits, build, check_bits, get, names, register
-from .binary import HardTanh, Identity, Quantizer, Sign, StochasticSign, hard_sigmoid, sign_pm1
+from .base import Quantizer
+from .ste import hard_sigmoid, sign_pm1
+from .binary import HardTanh, Identity, Sign, StochasticSign
 from .dorefa import DoReFaActivation, DoReFaGradient, DoReFaWeight, quantize_gradient, quantize_k
 from .activations import ReLU
 from .projections import Clip, Power, StochasticBinary, StochasticProjection
