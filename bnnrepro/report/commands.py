@@ -109,9 +109,9 @@ def _is_override(arg: str) -> bool:
 
 
 def _from_preset(overrides: list[str]):
-    from ..config import validate
+    from ..config import effective_width_mult, validate
     from ..data import DATASETS
-    from ..train.factory import build_model, effective_width_mult
+    from ..train.factory import build_model
     from .plan import hydra_composer
 
     cfg = hydra_composer()(overrides)

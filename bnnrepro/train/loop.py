@@ -15,13 +15,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..config import Config, validate
+from ..config import (Config, effective_dropout_hidden, effective_epochs, effective_train_subset,
+                      effective_width_mult, schedule_epochs, validate)
 from ..errors import TrainingDiverged
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from . import checkpoint, distributed, rundir
 from .batches import epoch_order, num_batches
-from .factory import (build_loss, build_model, effective_dropout_hidden, effective_epochs,
-                      effective_train_subset, effective_width_mult, schedule_epochs)
+from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
 
 SUMMARY, METRICS, CONFIG = "summary.json", "metrics.jsonl", "config.yaml"
