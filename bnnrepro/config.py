@@ -181,7 +181,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.name={cfg.model.name!r} is unknown; allowed: {', '.join(models.names())}")
     for dotted, allowed in CHOICES.items():
         _choice(cfg, dotted, allowed)
-    QuantScheme.from_config(cfg.quant)  # names, bit widths, role values; ConfigError naming the field
+    QuantScheme.from_config(quant_section(cfg))  # names, bit widths, role values; ConfigError naming the field
     for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr",
                    "model.width_mult", "scale.width_mult", "model.bn_eps", "optim.step_epochs"):
         _positive(cfg, dotted)
@@ -257,6 +257,32 @@ def effective_train_subset(cfg):
     return min(limits) if limits else None
 
 
+# the quant keys added with the quantizer scheme; a run recorded before them has none of them
+SCHEME_KEYS = ("gradient_kwargs", "first_layer", "last_layer", "first_input", "last_input", "last_input_kwargs")
+# what the models did, before those keys existed, that the keys now say (tensorpack's float conv0 and
+# fct in the DoReFa models; the LSTM's float decoder; DoReFa's clipped, unquantized last-layer input)
+_FLOAT_FIRST = ("dorefa_svhn", "dorefa_alexnet")
+_FLOAT_LAST = ("dorefa_svhn", "dorefa_alexnet", "lstm_lm")
+_UNQUANTIZED_LAST_INPUT = ("mlp", "dorefa_svhn", "dorefa_alexnet")
+
+
+def quant_section(cfg) -> dict:
+    """``cfg.quant`` as a plain dict; for a config recorded before the scheme's role keys existed
+    (an old run's config.yaml or checkpoint) the role keys its model implied then, so that an old
+    run rebuilds the net it trained."""
+    q = OmegaConf.to_container(cfg.quant, resolve=True) if isinstance(cfg.quant, DictConfig) else dict(cfg.quant)
+    if any(k in q for k in SCHEME_KEYS):
+        return q
+    name = cfg.model.name
+    legacy = {"first_layer": "float" if name in _FLOAT_FIRST else "quantized",
+              "last_layer": "float" if name in _FLOAT_LAST else "quantized"}
+    if name in _UNQUANTIZED_LAST_INPUT and q.get("activation") == "dorefa_activation":
+        legacy["last_input_kwargs"] = {"quantize": False}
+    elif name in _FLOAT_FIRST:
+        legacy["last_input"] = "identity"  # the DoReFa nets had no activation there unless DoReFa's
+    return {**q, **legacy}
+
+
 def model_kwargs(cfg) -> dict:
     """The model factory's keywords: the model section's fields the factory takes (scale applied)
     and ``quant``, the :class:`QuantScheme` of the ``quant`` section."""
@@ -276,7 +302,7 @@ def model_kwargs(cfg) -> dict:
     if "batchnorm" not in params and section["batchnorm"] != "standard":
         raise ValueError(f"model.batchnorm={section['batchnorm']!r} is not supported by model {name!r}; "
                          "allowed: standard")
-    scheme = QuantScheme.from_config(cfg.quant)
+    scheme = QuantScheme.from_config(quant_section(cfg))
     if name in models.NO_GRADIENT_QUANT and scheme.gradient.cls.kind != "identity":
         raise ValueError(f"quant.gradient={cfg.quant.gradient!r} is not supported by model {name!r}; "
                          "allowed: identity")

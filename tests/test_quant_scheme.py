@@ -207,3 +207,16 @@ def test_ste_functions_live_in_one_module():
         assert not [c for c in defined if issubclass(c, torch.autograd.Function)], mod.__name__
     assert len([c for _, c in inspect.getmembers(ste, inspect.isclass)
                 if issubclass(c, torch.autograd.Function) and c.__module__ == ste.__name__]) >= 8
+
+
+@pytest.mark.parametrize("key", sorted(k for k, v in SNAPSHOT["presets"].items() if "model" in v and "smoke" in k))
+def test_old_run_config_rebuilds_its_model(key):
+    """A config recorded before the scheme's role keys (the snapshot's, as an old run's config.yaml
+    or checkpoint holds it: no schema) rebuilds the same net (checkpoint.load_model's path)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    old = SNAPSHOT["presets"][key]
+    cfg = OmegaConf.create(old["config"])
+    torch.manual_seed(0)
+    assert snap.model_record(snap.build(cfg)) == old["model"]
