@@ -155,9 +155,6 @@ class QuantScheme:
             out.update({f"{end}.{k}": getattr(layer, k) for k in ("input", "weight", "gradient")})
         return out
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
     def _check_builds(self) -> None:
         for role, spec in self.roles().items():
             try:
