@@ -353,8 +353,8 @@ def show_job_config(cfg) -> str:
     from omegaconf import OmegaConf
 
     from .models.common import scaled
-    from .train.factory import (effective_dropout_hidden, effective_epochs, effective_train_subset,  # noqa: one place
-                                effective_width_mult, schedule_epochs)
+    from .config import (effective_dropout_hidden, effective_epochs, effective_train_subset, effective_width_mult,
+                         schedule_epochs)
 
     shown = OmegaConf.to_container(cfg, resolve=True)
     mult = effective_width_mult(cfg)

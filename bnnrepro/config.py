@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from .errors import ConfigError
+from .quant.scheme import QuantConfig, QuantScheme
 
 
 @dataclass
@@ -42,20 +43,6 @@ class ModelConfig:
     bn_eps: float = 1e-4
     bn_momentum: float = 0.1
     variant: Optional[str] = None       # model-specific variant (e.g. DoReFa SVHN A-D)
-
-
-@dataclass
-class QuantConfig:
-    weight: str = "sign"
-    w_bits: Optional[int] = None        # null: the quantizer's own width
-    weight_kwargs: dict[str, Any] = field(default_factory=dict)
-    activation: str = "sign"
-    a_bits: Optional[int] = None
-    activation_kwargs: dict[str, Any] = field(default_factory=dict)
-    gradient: str = "identity"
-    g_bits: Optional[int] = None
-    first_weight: Optional[str] = None  # override for the first layer's weights (e.g. identity)
-    last_weight: Optional[str] = None   # override for the last layer's weights
 
 
 @dataclass
@@ -183,7 +170,7 @@ def _fraction(cfg, dotted: str) -> None:
 
 def validate(cfg: DictConfig) -> None:
     """Check every name and range; raise ConfigError naming the field. Loads no data."""
-    from . import data, models, quant
+    from . import data, models
 
     if cfg.model.name in NEEDS_LM_LOOP:  # before the dataset: such presets name one (ptb) the loop lacks
         raise ConfigError(f"model.name={cfg.model.name!r}: model {cfg.model.name} needs the language-model loop, "
@@ -194,18 +181,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"model.name={cfg.model.name!r} is unknown; allowed: {', '.join(models.names())}")
     for dotted, allowed in CHOICES.items():
         _choice(cfg, dotted, allowed)
-    for kind, bits_field in (("weight", "w_bits"), ("activation", "a_bits"), ("gradient", "g_bits")):
-        name = cfg.quant[kind]
-        if name not in quant.names():
-            raise ConfigError(f"quant.{kind}={name!r} is unknown; allowed: {', '.join(quant.names())}")
-        try:
-            quant.check_bits(name, cfg.quant[bits_field], field=f"quant.{bits_field}")
-        except ValueError as err:
-            raise ConfigError(str(err)) from None
-    for kind in ("first_weight", "last_weight"):
-        name = cfg.quant[kind]
-        if name is not None and name not in quant.names():
-            raise ConfigError(f"quant.{kind}={name!r} is unknown; allowed: {', '.join(quant.names())}")
+    QuantScheme.from_config(quant_section(cfg))  # names, bit widths, role values; ConfigError naming the field
     for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr",
                    "model.width_mult", "scale.width_mult", "model.bn_eps", "optim.step_epochs"):
         _positive(cfg, dotted)
@@ -246,7 +222,6 @@ def validate(cfg: DictConfig) -> None:
 def _check_model_kwargs(cfg) -> None:
     """Model-specific fields are checked against the model factory's signature; nothing is built."""
     from . import models
-    from .train.factory import model_kwargs
 
     params = inspect.signature(models.MODELS[cfg.model.name]).parameters
     if cfg.model.variant is not None and "variant" not in params:
@@ -255,3 +230,82 @@ def _check_model_kwargs(cfg) -> None:
         model_kwargs(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+
+
+# ------------------------------------------------------------ what a config asks for, scale applied
+
+def effective_width_mult(cfg) -> float:
+    return float(cfg.model.width_mult) * float(cfg.scale.width_mult)
+
+
+def effective_dropout_hidden(cfg) -> float:
+    cap = cfg.scale.get("max_dropout_hidden")
+    return float(cfg.model.dropout_hidden) if cap is None else min(float(cfg.model.dropout_hidden), cap)
+
+
+def effective_epochs(cfg) -> int:
+    return int(min(cfg.train.epochs, cfg.scale.epochs)) if cfg.scale.epochs else int(cfg.train.epochs)
+
+
+def schedule_epochs(cfg) -> int:
+    """The epochs the LR schedule is laid over: the paper's (truncate) or the run's (compress)."""
+    return int(cfg.train.epochs) if cfg.scale.schedule == "truncate" else effective_epochs(cfg)
+
+
+def effective_train_subset(cfg):
+    limits = [n for n in (cfg.data.train_subset, cfg.scale.train_subset) if n]
+    return min(limits) if limits else None
+
+
+# the quant keys added with the quantizer scheme; a run recorded before them has none of them
+SCHEME_KEYS = ("gradient_kwargs", "first_layer", "last_layer", "first_input", "last_input", "last_input_kwargs")
+# what the models did, before those keys existed, that the keys now say (tensorpack's float conv0 and
+# fct in the DoReFa models; the LSTM's float decoder; DoReFa's clipped, unquantized last-layer input)
+_FLOAT_FIRST = ("dorefa_svhn", "dorefa_alexnet")
+_FLOAT_LAST = ("dorefa_svhn", "dorefa_alexnet", "lstm_lm")
+_UNQUANTIZED_LAST_INPUT = ("mlp", "dorefa_svhn", "dorefa_alexnet")
+
+
+def quant_section(cfg) -> dict:
+    """``cfg.quant`` as a plain dict; for a config recorded before the scheme's role keys existed
+    (an old run's config.yaml or checkpoint) the role keys its model implied then, so that an old
+    run rebuilds the net it trained."""
+    q = OmegaConf.to_container(cfg.quant, resolve=True) if isinstance(cfg.quant, DictConfig) else dict(cfg.quant)
+    if any(k in q for k in SCHEME_KEYS):
+        return q
+    name = cfg.model.name
+    legacy = {"first_layer": "float" if name in _FLOAT_FIRST else "quantized",
+              "last_layer": "float" if name in _FLOAT_LAST else "quantized"}
+    if name in _UNQUANTIZED_LAST_INPUT and q.get("activation") == "dorefa_activation":
+        legacy["last_input_kwargs"] = {"quantize": False}
+    elif name in _FLOAT_FIRST:
+        legacy["last_input"] = "identity"  # the DoReFa nets had no activation there unless DoReFa's
+    return {**q, **legacy}
+
+
+def model_kwargs(cfg) -> dict:
+    """The model factory's keywords: the model section's fields the factory takes (scale applied)
+    and ``quant``, the :class:`QuantScheme` of the ``quant`` section."""
+    from . import models
+
+    section = dict(
+        hidden=tuple(cfg.model.hidden), channels=tuple(cfg.model.channels), fc=tuple(cfg.model.fc),
+        width_mult=effective_width_mult(cfg), dropout_in=cfg.model.dropout_in,
+        dropout_hidden=effective_dropout_hidden(cfg), bias=cfg.model.bias, init=cfg.model.init,
+        batchnorm=cfg.model.batchnorm, bn_eps=cfg.model.bn_eps, bn_momentum=cfg.model.bn_momentum,
+        variant=cfg.model.variant,
+    )
+    name = cfg.model.name
+    params = inspect.signature(models.MODELS[name]).parameters
+    # options the model does not have must be at their neutral value, or the config asks for
+    # something the model would silently not do
+    if "batchnorm" not in params and section["batchnorm"] != "standard":
+        raise ValueError(f"model.batchnorm={section['batchnorm']!r} is not supported by model {name!r}; "
+                         "allowed: standard")
+    scheme = QuantScheme.from_config(quant_section(cfg))
+    if name in models.NO_GRADIENT_QUANT and scheme.gradient.cls.kind != "identity":
+        raise ValueError(f"quant.gradient={cfg.quant.gradient!r} is not supported by model {name!r}; "
+                         "allowed: identity")
+    # unset (None) fields fall back to the factory's own defaults
+    kwargs = {k: v for k, v in section.items() if k in params and v is not None}
+    return {**kwargs, "quant": scheme}

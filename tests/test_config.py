@@ -5,7 +5,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from bnnrepro.config import ConfigError, validate
-from bnnrepro.train.factory import build_model, effective_epochs, effective_width_mult
+from bnnrepro.config import effective_epochs, effective_width_mult
+from bnnrepro.train.factory import build_model
 from conftest import compose
 
 CONF = Path(__file__).resolve().parents[1] / "conf"

@@ -84,8 +84,8 @@ def test_convnet_logits_bit_identical(batchnorm):
 
 def test_stochastic_sign_activations_are_deterministic_in_eval():
     torch.manual_seed(2)
-    model = randomize_bn(models.build("mlp", input_shape=(1, 28, 28), num_classes=10, act_quant="stochastic_sign",
-                                      **MLP))
+    model = randomize_bn(models.build("mlp", input_shape=(1, 28, 28), num_classes=10,
+                                      quant=quant.QuantScheme.from_config({"activation": "stochastic_sign"}), **MLP))
     assert_same_as_torch(model, (1, 28, 28))
 
 

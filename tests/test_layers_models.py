@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from bnnrepro import models
 from bnnrepro.nn import QuantConv2d, QuantLinear
+from bnnrepro.quant import QuantScheme
 from bnnrepro.optim import LatentWeightClipper, param_groups
 
 
@@ -53,7 +54,7 @@ def test_param_groups_scale_only_binary_weights():
 
 def test_clipper_clips_binary_latent_weights_only():
     model = models.build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=(8,),
-                         last_weight_quant="identity")
+                         quant=QuantScheme.from_config({"last_weight": "identity"}))
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(3.0)
@@ -79,7 +80,7 @@ def test_convnet_parameter_count_matches_torch7_log():
 
 def test_width_mult_and_float_version():
     m = models.build("bnn_convnet", input_shape=(1, 28, 28), num_classes=10, width_mult=0.25,
-                     weight_quant="identity", act_quant="identity")
+                     quant=QuantScheme.from_config({"weight": "identity", "activation": "identity"}))
     convs = [layer for layer in m if isinstance(layer, QuantConv2d)]
     assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128]
     assert not any(c.binary_weights for c in convs)

@@ -7,7 +7,13 @@ import torch.nn as nn
 
 from bnnrepro import models
 from bnnrepro.nn import QuantConv2d, QuantLinear
-from bnnrepro.quant import DoReFaActivation, DoReFaGradient, Identity
+from bnnrepro.models.dorefa_svhn import DOREFA_QUANT
+from bnnrepro.models.lstm_lm import DEFAULT_QUANT as LSTM_QUANT
+from bnnrepro.quant import DoReFaActivation, DoReFaGradient, Identity, QuantScheme
+
+
+def dorefa(**bits):
+    return QuantScheme.from_config({**DOREFA_QUANT, **bits})
 
 
 def forward_backward(model, x):
@@ -34,7 +40,8 @@ def test_dorefa_svhn_variants(variant, div):
 
 
 def test_dorefa_svhn_structure():
-    model = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10, w_bits=1, a_bits=2, g_bits=4)
+    model = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10,
+                         quant=dorefa(w_bits=1, a_bits=2, g_bits=4))
     layers = quant_layers(model)
     first, last, middle = layers[0], layers[-1], layers[1:-1]
     assert isinstance(first.weight_quantizer, Identity) and isinstance(last.weight_quantizer, Identity)
@@ -55,12 +62,12 @@ def test_dorefa_svhn_bad_arguments():
     with pytest.raises(ValueError, match="larger input"):
         models.build("dorefa_svhn", input_shape=(3, 24, 24), num_classes=10)
     with pytest.raises(ValueError, match="dorefa_weight"):
-        models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10, w_bits=12)
+        models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10, quant=dorefa(w_bits=12))
 
 
 def test_dorefa_svhn_full_precision():
     model = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10, variant="D",
-                         w_bits=32, a_bits=32, g_bits=32)
+                         quant=dorefa(w_bits=32, a_bits=32, g_bits=32))
     assert forward_backward(model, torch.rand(2, 3, 40, 40)).shape == (2, 10)
 
 
@@ -85,8 +92,8 @@ def test_binary_alexnet_matches_larq_zoo_count():
 
 def test_binary_alexnet_small_forward_and_qnn_variant():
     model = models.build("binary_alexnet", input_shape=(3, 224, 224), num_classes=10, width_mult=1 / 16,
-                         weight_quant="qnn_linear", w_bits=1, act_quant="qnn_linear", a_bits=2,
-                         first_weight_quant="identity", last_weight_quant="identity")
+                         quant=QuantScheme.from_config(dict(weight="qnn_linear", w_bits=1, activation="qnn_linear",
+                                                            a_bits=2, first_weight="identity", last_weight="identity")))
     assert forward_backward(model, torch.rand(2, 3, 224, 224)).shape == (2, 10)
     layers = quant_layers(model)
     assert isinstance(layers[0].weight_quantizer, Identity) and isinstance(layers[-1].weight_quantizer, Identity)
@@ -128,8 +135,8 @@ def test_lstm_lm_shapes_and_state():
 
 
 def test_lstm_lm_quantizes_weights_and_hidden_state():
-    model = models.build("lstm_lm", input_shape=(35,), num_classes=30, embed_dim=8, hidden=16, w_bits=4,
-                         a_bits=2, dropout=0.0)
+    model = models.build("lstm_lm", input_shape=(35,), num_classes=30, embed_dim=8, hidden=16,
+                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 4, "a_bits": 2}), dropout=0.0)
     lstm = model.lstms[0]
     assert lstm.weight_quantizer.scale == 0.25  # AP2(1 / sqrt(16))
     w = lstm.weight_quantizer(lstm.weight_hh)
@@ -139,8 +146,8 @@ def test_lstm_lm_quantizes_weights_and_hidden_state():
 
 
 def test_lstm_float_path_equals_torch_lstm():
-    model = models.build("lstm_lm", input_shape=(35,), num_classes=20, embed_dim=6, hidden=5, w_bits=32,
-                         a_bits=32, dropout=0.0)
+    model = models.build("lstm_lm", input_shape=(35,), num_classes=20, embed_dim=6, hidden=5,
+                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 32, "a_bits": 32}), dropout=0.0)
     ours = model.lstms[0]
     ref = nn.LSTM(6, 5)
     with torch.no_grad():

@@ -4,16 +4,18 @@ import json
 import pytest
 
 from bnnrepro import models
+from bnnrepro.quant import QuantScheme
 from bnnrepro.report import commands, summary
 
 
-def _tiny_mlp(hidden=(8,), **kw):
-    # Flatten -> QuantLinear(16, 8) -> BN(8) -> act -> QuantLinear(8, 3) -> BN(3)
-    return models.build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=hidden, **kw)
+def _tiny_mlp(hidden=(8,), **quant):
+    # Flatten -> QuantLinear(16, 8) -> BN(8) -> act -> QuantLinear(8, 3) -> BN(3); quant: config keys
+    return models.build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=hidden,
+                        quant=QuantScheme.from_config(quant))
 
 
 def test_binary_mlp_counts_by_hand():
-    s = summary.profile(_tiny_mlp(weight_quant="sign", act_quant="sign"), (1, 4, 4))
+    s = summary.profile(_tiny_mlp(weight="sign", activation="sign"), (1, 4, 4))
     first, second = [l for l in s.layers if l.kind == "QuantLinear"]
     assert (first.in_bits, first.w_bits, first.out_shape) == (32, 1, (8,))  # pixels are float
     assert (second.in_bits, second.w_bits) == (1, 1)                        # after the sign
@@ -28,7 +30,7 @@ def test_binary_mlp_counts_by_hand():
 
 
 def test_float_model_has_no_compression():
-    s = summary.profile(_tiny_mlp(weight_quant="identity", act_quant="identity"), (1, 4, 4))
+    s = summary.profile(_tiny_mlp(weight="identity", activation="identity"), (1, 4, 4))
     assert set(s.params()) == {32} and set(s.macs()) == {32}
     assert s.compression == 1.0 and s.binary_mac_fraction == 0.0
 
@@ -36,8 +38,9 @@ def test_float_model_has_no_compression():
 def test_k_bit_activations_set_the_mac_precision():
     """DoReFa's 2-bit activations feeding 1-bit weights: the MAC precision is max(2, 1) = 2; the
     last layer's input is clipped but not quantized (float)."""
-    s = summary.profile(_tiny_mlp(hidden=(8, 8), weight_quant="dorefa_weight", w_bits=1,
-                                  act_quant="dorefa_activation", a_bits=2), (1, 4, 4))
+    s = summary.profile(_tiny_mlp(hidden=(8, 8), weight="dorefa_weight", w_bits=1,
+                                  activation="dorefa_activation", a_bits=2,
+                                  last_input_kwargs={"quantize": False}), (1, 4, 4))
     first, second, last = [l for l in s.layers if l.kind == "QuantLinear"]
     assert (second.in_bits, second.w_bits) == (2, 1) and second.macs == {2: 64}
     assert (last.in_bits, last.w_bits) == (32, 1) and last.macs == {32: 24}
@@ -46,7 +49,7 @@ def test_k_bit_activations_set_the_mac_precision():
 def test_conv_counts_by_hand():
     # conv 1->2 (3x3, pad 1) on 4x4 -> BN -> sign; conv 2->4 -> maxpool 2 -> BN -> sign; FC 16->3 -> BN
     model = models.build("bnn_convnet", input_shape=(1, 4, 4), num_classes=3, channels=(2, 4), fc=(),
-                         pool_after=(1,), weight_quant="sign", act_quant="sign")
+                         pool_after=(1,), quant=QuantScheme.from_config({"weight": "sign", "activation": "sign"}))
     s = summary.profile(model, (1, 4, 4))
     convs = [l for l in s.layers if l.kind == "QuantConv2d"]
     assert [c.out_shape for c in convs] == [(2, 4, 4), (4, 4, 4)]
@@ -60,10 +63,10 @@ def test_conv_counts_by_hand():
 
 def test_packed_size_is_measured_when_the_model_packs():
     pytest.importorskip("numba")
-    model = _tiny_mlp(weight_quant="sign", act_quant="sign").eval()
+    model = _tiny_mlp(weight="sign", activation="sign").eval()
     size, note = summary.packed_size(model, (1, 4, 4))
     assert size is not None and size > 0, note
-    float_model = _tiny_mlp(weight_quant="identity", act_quant="identity").eval()
+    float_model = _tiny_mlp(weight="identity", activation="identity").eval()
     size, note = summary.packed_size(float_model, (1, 4, 4))
     assert size is None and note.startswith("does not pack")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from bnnrepro.optim import build_scheduler
-from bnnrepro.train.factory import effective_epochs, schedule_epochs
+from bnnrepro.config import effective_epochs, schedule_epochs
 from conftest import compose
 
 

@@ -26,6 +26,8 @@ import torch.nn as nn
 from . import bitpack, conv as convk, fold, pool, tiles
 from ..errors import PackError
 from ..models import stages
+from ..nn import ShiftBatchNorm
+from ..quant import Quantizer
 from .gemm import DenseWeights, row_tables
 
 
@@ -65,22 +67,24 @@ def _is_compute(m) -> bool:
     return isinstance(m, (nn.Linear, nn.Conv2d))
 
 
+def _kind(m) -> str | None:
+    """A quantizer's declared kind (``bnnrepro.quant.base``); None for other modules."""
+    return getattr(m, "kind", None) if isinstance(m, Quantizer) else None
+
+
 def _is_skip(m) -> bool:
-    return isinstance(m, (nn.Dropout, nn.Identity)) or (
-        _precision(m) == 32 and type(m).__name__ == "Identity")
+    return isinstance(m, (nn.Dropout, nn.Identity)) or (_kind(m) == "identity" and _precision(m) == 32)
 
 
 def _is_sign(m) -> bool:
-    name = type(m).__name__
-    if name == "StochasticSign" and getattr(m, "eval_stochastic", False):
-        return False
-    return _precision(m) == 1 and name in ("Sign", "StochasticSign")
+    """A deterministic sign in eval mode: kind ``sign`` at 1 bit, not sampling in eval."""
+    return _kind(m) == "sign" and _precision(m) == 1 and not getattr(m, "eval_stochastic", False)
 
 
 def _is_monotone_elementwise(m) -> bool:
     if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         return m.track_running_stats
-    if "ShiftBatchNorm" in type(m).__name__:
+    if isinstance(m, ShiftBatchNorm):
         return getattr(m, "track_running_stats", True)
     return isinstance(m, nn.Hardtanh)
 

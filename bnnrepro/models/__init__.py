@@ -1,6 +1,9 @@
 """Model registry. Every model is an ``nn.Sequential`` of plain, inspectable stages
 (Flatten, Dropout, QuantLinear/QuantConv2d, BatchNorm, MaxPool2d, activation quantizer), so that
-the packed engine and the bit-aware summary can walk it layer by layer."""
+the packed engine and the bit-aware summary can walk it layer by layer.
+
+Every factory takes the model section's fields it uses as keywords and one ``quant=``, a
+:class:`bnnrepro.quant.QuantScheme` (default: BNN's sign weights and activations)."""
 from __future__ import annotations
 
 from typing import Callable
@@ -17,6 +20,9 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp, "bnn_convnet": bnn_convnet, "dorefa_svhn": dorefa_svhn, "dorefa_alexnet": dorefa_alexnet,
     "binary_alexnet": binary_alexnet, "lstm_lm": lstm_lm,  # lstm_lm is not Sequential: (T, B) tokens in
 }
+
+# models whose layers have no gradient quantizer: their scheme's gradient role must be the identity
+NO_GRADIENT_QUANT = ("bnn_convnet", "binary_alexnet", "lstm_lm")
 
 
 def names() -> list[str]:

@@ -10,6 +10,9 @@
     fc0 4096 (+bias) -> BN -> act;  fc1 4096 -> BN -> h (not quantized);  fct classes (+bias, float)
 
 with the gradient quantizer on every quantized conv/FC output (before BN); BN momentum 0.1, eps 1e-4.
+conv0 is ``quant.first_layer`` and fct ``quant.last_layer.weight`` (float in DoReFa's scheme,
+``first_layer: float``, ``last_layer: float``), fc1's "h" the last layer's input quantizer
+``quant.last_layer.input`` (clipped, not quantized: ``last_input_kwargs: {quantize: false}``).
 
 ``binary_alexnet`` is larq zoo's BinaryAlexNet, the public re-creation of BNN's/QNN's AlexNet
 (papers.md §b.4, a.5)::
@@ -21,7 +24,8 @@ with the gradient quantizer on every quantized conv/FC output (before BN); BN mo
 every stage followed by the activation quantizer (larq puts it on the next layer's input; same
 thing), the first conv's input unquantized, no biases, BN without scale (``bn_scale=False``
 freezes gamma at 1), momentum 0.1 (Keras 0.9), eps 1e-3 (Keras default). QNN keeps the first and
-last layers in higher precision: pass ``first_weight_quant``/``last_weight_quant='identity'``.
+last layers in higher precision: a scheme with ``first_weight``/``last_weight: identity``. No layer has
+a gradient quantizer (``models.NO_GRADIENT_QUANT``).
 
 TF 'SAME' padding is reproduced exactly (asymmetric where needed: zero padding for convs, -inf for
 max-pooling) so the spatial sizes match the originals (6x6 before the FC layers at 224).
@@ -31,7 +35,8 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import activation, norm_layer, quantizer_spec, scaled
+from .common import activation_after, norm_layer, scaled, scheme
+from .dorefa_svhn import DOREFA_QUANT
 
 
 def _same(size: int, k: int, s: int) -> tuple[int, int, int]:
@@ -65,56 +70,47 @@ def _grouped(c: int, mult: float, groups: int) -> int:
     return max(groups, round(c * mult / groups) * groups)
 
 
-def dorefa_alexnet(*, input_shape, num_classes, width_mult=1.0, weight_quant="dorefa_weight", w_bits=1,
-                   act_quant="dorefa_activation", a_bits=2, grad_quant="dorefa_gradient", g_bits=6,
-                   weight_kwargs=None, act_kwargs=None, grad_kwargs=None, first_weight_quant=None,
-                   last_weight_quant=None, groups=2, init="auto", batchnorm="standard", bn_eps=1e-4,
-                   bn_momentum=0.1) -> nn.Sequential:
-    w_spec = quantizer_spec(weight_quant, w_bits, weight_kwargs)
-    a_spec = quantizer_spec(act_quant, a_bits, act_kwargs)
-    g_spec = quantizer_spec(grad_quant, g_bits, grad_kwargs)
-    last_in = ("identity", {})
-    if act_quant == "dorefa_activation":
-        last_in = (act_quant, {**a_spec[1], "quantize": False})
+def dorefa_alexnet(*, input_shape, num_classes, quant=None, width_mult=1.0, groups=2, init="auto",
+                   batchnorm="standard", bn_eps=1e-4, bn_momentum=0.1) -> nn.Sequential:
+    """``quant`` defaults to DoReFa's scheme at the abstract's (W, A, G) = (1, 2, 6)."""
+    quant = scheme(quant, {**DOREFA_QUANT, "g_bits": 6})
     c_in, h, _ = input_shape
     if input_shape[1] != input_shape[2]:
         raise ValueError(f"dorefa_alexnet expects square inputs, got {tuple(input_shape)}")
     c0 = scaled(96, width_mult)
+    first = quant.first_layer
     layers: list[nn.Module] = [
-        QuantConv2d(c_in, c0, 12, stride=4, bias=True, init=init,
-                    weight_quantizer=(first_weight_quant or "identity", {})),
-        activation(a_spec)]
+        QuantConv2d(c_in, c0, 12, stride=4, bias=True, init=init, input_quantizer=first.input,
+                    weight_quantizer=first.weight, grad_quantizer=first.gradient),
+        quant.activation.build()]
     h = _valid(h, 12, 4)
     # (channels, kernel, groups, max-pool: None / 'same' / 'valid')
     convs = ((256, 5, groups, "same"), (384, 3, 1, "same"), (384, 3, groups, None), (256, 3, groups, "valid"))
     c_in = c0
     for c, k, g, pool in convs:
         c_out = _grouped(c, width_mult, g)
-        layers += [QuantConv2d(c_in, c_out, k, padding=k // 2, groups=g, weight_quantizer=w_spec, init=init,
-                               grad_quantizer=g_spec),
+        layers += [QuantConv2d(c_in, c_out, k, padding=k // 2, groups=g, weight_quantizer=quant.weight, init=init,
+                               grad_quantizer=quant.gradient),
                    norm_layer(2, c_out, bn_eps, bn_momentum, batchnorm)]
         if pool:
             pool_layers, h = _maxpool(h, pool == "same")
             layers += pool_layers
-        layers.append(activation(a_spec))
+        layers.append(quant.activation.build())
         c_in = c_out
     fc = scaled(4096, width_mult)
     layers += [nn.Flatten(),
-               QuantLinear(c_in * h * h, fc, bias=True, weight_quantizer=w_spec, init=init, grad_quantizer=g_spec),
-               norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), activation(a_spec),
-               QuantLinear(fc, fc, weight_quantizer=w_spec, init=init, grad_quantizer=g_spec),
-               norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), activation(last_in),
-               QuantLinear(fc, num_classes, bias=True, init=init,
-                           weight_quantizer=(last_weight_quant or "identity", {}))]
+               QuantLinear(c_in * h * h, fc, bias=True, weight_quantizer=quant.weight, init=init,
+                           grad_quantizer=quant.gradient),
+               norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), quant.activation.build(),
+               QuantLinear(fc, fc, weight_quantizer=quant.weight, init=init, grad_quantizer=quant.gradient),
+               norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), quant.last_layer.input.build(),
+               QuantLinear(fc, num_classes, bias=True, init=init, weight_quantizer=quant.last_layer.weight)]
     return nn.Sequential(*layers)
 
 
-def binary_alexnet(*, input_shape, num_classes, width_mult=1.0, weight_quant="sign", w_bits=None,
-                   act_quant="sign", a_bits=None, weight_kwargs=None, act_kwargs=None, first_weight_quant=None,
-                   last_weight_quant=None, init="auto", batchnorm="standard", bn_eps=1e-3, bn_momentum=0.1,
-                   bn_scale=False) -> nn.Sequential:
-    w_spec = quantizer_spec(weight_quant, w_bits, weight_kwargs)
-    a_spec = quantizer_spec(act_quant, a_bits, act_kwargs)
+def binary_alexnet(*, input_shape, num_classes, quant=None, width_mult=1.0, init="auto", batchnorm="standard",
+                   bn_eps=1e-3, bn_momentum=0.1, bn_scale=False) -> nn.Sequential:
+    quant = scheme(quant)
     c_in, h, _ = input_shape
     if input_shape[1] != input_shape[2]:
         raise ValueError(f"binary_alexnet expects square inputs, got {tuple(input_shape)}")
@@ -130,24 +126,25 @@ def binary_alexnet(*, input_shape, num_classes, width_mult=1.0, weight_quant="si
     convs = ((64, 11, 4, True), (192, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False), (256, 3, 1, True))
     for i, (c, k, s, pool) in enumerate(convs):
         c_out = scaled(c, width_mult)
-        spec = (first_weight_quant, {}) if i == 0 and first_weight_quant else w_spec
+        first = quant.first_layer if i == 0 else None
         before, after, h = _same(h, k, s)
         if before == after:
             conv_pad, layers_pad = before, []
         else:
             conv_pad, layers_pad = 0, _pad(before, after, 0.0)
-        layers += layers_pad + [QuantConv2d(c_in, c_out, k, stride=s, padding=conv_pad, weight_quantizer=spec,
-                                            init=init)]
+        layers += layers_pad + [QuantConv2d(c_in, c_out, k, stride=s, padding=conv_pad, init=init,
+                                            input_quantizer=first.input if first else None,
+                                            weight_quantizer=first.weight if first else quant.weight)]
         if pool:
             layers.append(nn.MaxPool2d(3, 2))
             h = _valid(h, 3, 2)
-        layers += [bn(2, c_out), activation(a_spec)]
+        layers += [bn(2, c_out), quant.activation.build()]
         c_in = c_out
     widths = [c_in * h * h, scaled(4096, width_mult), scaled(4096, width_mult), num_classes]
     layers.append(nn.Flatten())
     for i in range(3):
-        spec = (last_weight_quant, {}) if i == 2 and last_weight_quant else w_spec
+        spec = quant.last_layer.weight if i == 2 else quant.weight
         layers += [QuantLinear(widths[i], widths[i + 1], weight_quantizer=spec, init=init), bn(1, widths[i + 1])]
         if i < 2:
-            layers.append(activation(a_spec))
+            layers.append(activation_after(quant, i, 3))
     return nn.Sequential(*layers)

@@ -3,46 +3,47 @@
 Per conv: QuantConv2d(3x3, pad 1) -> [MaxPool2d(2) after every second conv] -> BatchNorm2d ->
 activation quantizer, as the Theano code orders it. ``width_mult`` scales every conv and FC width
 (0.5 on the convs alone gives the SVHN net: pass ``channels=(64,64,128,128,256,256)``).
-The first conv sees real-valued inputs (its input is not quantized); its weights are binary.
+The quantizers come from the scheme ``quant``: the first conv's input and weights are
+``quant.first_layer``'s (the input real-valued by default), the last FC's weights
+``quant.last_layer.weight`` and the activation before it ``quant.last_layer.input``. No layer has a
+gradient quantizer (``models.NO_GRADIENT_QUANT``).
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import activation, norm_layer, quantizer_spec, scaled
+from .common import activation_after, norm_layer, scaled, scheme
 
 
-def bnn_convnet(*, input_shape, num_classes, channels=(128, 128, 256, 256, 512, 512), fc=(1024, 1024),
-                pool_after=(1, 3, 5), width_mult=1.0, dropout_hidden=0.0, weight_quant="sign",
-                w_bits=None, act_quant="sign", a_bits=None, weight_kwargs=None, act_kwargs=None,
-                first_weight_quant=None, last_weight_quant=None, bias=False, init="auto", batchnorm="standard",
-                bn_eps=1e-4,
-                bn_momentum=0.1, dropout_in=0.0, hidden=None) -> nn.Sequential:
-    w_spec = quantizer_spec(weight_quant, w_bits, weight_kwargs)
-    a_spec = quantizer_spec(act_quant, a_bits, act_kwargs)
+def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256, 256, 512, 512), fc=(1024, 1024),
+                pool_after=(1, 3, 5), width_mult=1.0, dropout_hidden=0.0, bias=False, init="auto",
+                batchnorm="standard", bn_eps=1e-4, bn_momentum=0.1, dropout_in=0.0) -> nn.Sequential:
+    quant = scheme(quant)
     c_in, h, w = input_shape
     layers: list[nn.Module] = []
     if dropout_in > 0:
         layers.append(nn.Dropout(dropout_in))
     for i, c in enumerate(channels):
         c_out = scaled(c, width_mult)
-        spec = (first_weight_quant, {}) if i == 0 and first_weight_quant else w_spec
-        layers.append(QuantConv2d(c_in, c_out, 3, padding=1, bias=bias, weight_quantizer=spec, init=init))
+        first = quant.first_layer if i == 0 else None
+        layers.append(QuantConv2d(c_in, c_out, 3, padding=1, bias=bias, init=init,
+                                  input_quantizer=first.input if first else None,
+                                  weight_quantizer=first.weight if first else quant.weight))
         if i in pool_after:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
-        layers += [norm_layer(2, c_out, bn_eps, bn_momentum, batchnorm), activation(a_spec)]
+        layers += [norm_layer(2, c_out, bn_eps, bn_momentum, batchnorm), quant.activation.build()]
         c_in = c_out
     layers.append(nn.Flatten())
     widths = [c_in * h * w] + [scaled(f, width_mult) for f in fc] + [num_classes]
     n = len(widths) - 1
     for i in range(n):
-        spec = (last_weight_quant, {}) if i == n - 1 and last_weight_quant else w_spec
+        spec = quant.last_layer.weight if i == n - 1 else quant.weight
         layers.append(QuantLinear(widths[i], widths[i + 1], bias=bias, weight_quantizer=spec, init=init))
         layers.append(norm_layer(1, widths[i + 1], bn_eps, bn_momentum, batchnorm))
         if i < n - 1:
-            layers.append(activation(a_spec))
+            layers.append(activation_after(quant, i, n))
             if dropout_hidden > 0:
                 layers.append(nn.Dropout(dropout_hidden))
     return nn.Sequential(*layers)

@@ -2,19 +2,36 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from .. import quant
+from ..quant import LayerQuant, QuantScheme
 
 
-def quantizer_spec(name: str, bits: int | None, kwargs: dict | None):
-    kw = dict(kwargs or {})
-    if bits is not None:
-        kw["bits"] = bits
-    return (name, kw)
+def scheme(quant: QuantScheme | None, default: dict | None = None) -> QuantScheme:
+    """The scheme a factory builds with: ``quant``, else the factory's ``default`` (config keys),
+    else BNN's (sign weights and activations)."""
+    return QuantScheme.from_config(default or {}) if quant is None else quant
 
 
-def activation(spec) -> nn.Module:
-    name, kw = spec
-    return quant.build(name, **kw)
+def layer_quant(quant: QuantScheme, i: int, n: int) -> LayerQuant:
+    """The quantizers of layer ``i`` of a chain of ``n`` weight layers: the scheme's first layer,
+    its last layer, or a hidden layer (the hidden weight and gradient quantizers, identity input).
+    A lone layer (n = 1) is the first layer with the last layer's weight quantizer when that one
+    is set apart, and no gradient quantizer."""
+    hidden = LayerQuant(weight=quant.weight, gradient=quant.gradient)
+    if n == 1:
+        first, last = quant.first_layer, quant.last_layer
+        weight = last.weight if last.weight != quant.weight else first.weight
+        return LayerQuant(input=first.input, weight=weight, gradient=last.gradient)
+    if i == 0:
+        return quant.first_layer
+    if i == n - 1:
+        return LayerQuant(weight=quant.last_layer.weight, gradient=quant.last_layer.gradient)
+    return hidden
+
+
+def activation_after(quant: QuantScheme, i: int, n: int) -> nn.Module:
+    """The activation quantizer after weight layer ``i`` of ``n`` (i < n - 1): the last layer's
+    input quantizer after the one before last, the activation quantizer elsewhere."""
+    return (quant.last_layer.input if i == n - 2 else quant.activation).build()
 
 
 def norm_layer(dim: int, features: int, eps: float, momentum: float, kind: str = "standard") -> nn.Module:

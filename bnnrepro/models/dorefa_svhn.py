@@ -8,12 +8,15 @@
     conv5 128 3x3 VALID -> BN -> act
     dropout 0.5 -> conv6 512 5x5 VALID -> BN -> h (clipped, not quantized) -> fc 10 (+bias, float)
 
-``act`` = dorefa_activation (h then quantize_A); conv1-conv6 weights use ``weight_quant`` (W bits)
-and carry the gradient quantizer (G bits) on their output, before BN, as tensorpack's ``fg``; conv0
-has none. BN momentum 0.1 (tensorpack decay 0.9), eps 1e-4.
+The quantizers come from the scheme ``quant`` (DoReFa's: ``conf/quant/dorefa.yaml``): ``act`` =
+``quant.activation`` (dorefa_activation: h then quantize_A); conv1-conv6 weights use
+``quant.weight`` (W bits) and carry ``quant.gradient`` (G bits) on their output, before BN, as
+tensorpack's ``fg``; conv0 is ``quant.first_layer`` (float, no gradient quantizer, in DoReFa's
+scheme), conv6's h ``quant.last_layer.input`` (clipped, not quantized) and the FC's weights
+``quant.last_layer.weight`` (float). BN momentum 0.1 (tensorpack decay 0.9), eps 1e-4.
 
 ``variant`` B, C, D shrink every conv layer's channels by 1/2, 1/4, 1/8 (the paper's "about 50%,
-75%, 87.5% fewer" is [U]); ``width_mult`` multiplies on top. ``act_kwargs={'nonlin': 'cabs'}``
+75%, 87.5% fewer" is [U]); ``width_mult`` multiplies on top. ``quant.activation_kwargs={nonlin: cabs}``
 gives tensorpack's SVHN nonlinearity min(1, |x|) instead of the paper's clip(x, 0, 1).
 """
 from __future__ import annotations
@@ -21,7 +24,12 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import activation, norm_layer, quantizer_spec, scaled
+from .common import norm_layer, scaled, scheme
+
+# the scheme the DoReFa models build with when given none: conf/quant/dorefa.yaml's, (W, A, G) = (1, 2, 4)
+DOREFA_QUANT = {"weight": "dorefa_weight", "w_bits": 1, "activation": "dorefa_activation", "a_bits": 2,
+                "activation_kwargs": {"nonlin": "clip"}, "gradient": "dorefa_gradient", "g_bits": 4,
+                "first_layer": "float", "last_layer": "float", "last_input_kwargs": {"quantize": False}}
 
 VARIANTS = {"A": 1.0, "B": 0.5, "C": 0.25, "D": 0.125}
 # (channels, kernel, SAME padding?, max-pool after BN?)
@@ -36,37 +44,31 @@ def variant_mult(variant: str) -> float:
         raise ValueError(f"model.variant={variant!r} is unknown; allowed: A, B, C, D") from None
 
 
-def dorefa_svhn(*, input_shape, num_classes, variant="A", width_mult=1.0, weight_quant="dorefa_weight",
-                w_bits=1, act_quant="dorefa_activation", a_bits=2, grad_quant="dorefa_gradient", g_bits=4,
-                weight_kwargs=None, act_kwargs=None, grad_kwargs=None, first_weight_quant=None,
-                last_weight_quant=None, dropout=0.5, init="auto", batchnorm="standard", bn_eps=1e-4,
-                bn_momentum=0.1) -> nn.Sequential:
+def dorefa_svhn(*, input_shape, num_classes, quant=None, variant="A", width_mult=1.0, dropout=0.5, init="auto",
+                batchnorm="standard", bn_eps=1e-4, bn_momentum=0.1) -> nn.Sequential:
+    quant = scheme(quant, DOREFA_QUANT)
     mult = variant_mult(variant) * width_mult
-    w_spec = quantizer_spec(weight_quant, w_bits, weight_kwargs)
-    a_spec = quantizer_spec(act_quant, a_bits, act_kwargs)
-    g_spec = quantizer_spec(grad_quant, g_bits, grad_kwargs)
-    # the last FC's input is clipped (h) but not quantized
-    last_in = ("identity", {})
-    if act_quant == "dorefa_activation":
-        last_in = (act_quant, {**a_spec[1], "quantize": False})
     c_in, h, w = input_shape
     layers: list[nn.Module] = []
     for i, (c, k, same, pool) in enumerate(LAYERS):
         c_out = scaled(c, mult)
         pad = k // 2 if same else 0
         if i == 0:
-            layers += [QuantConv2d(c_in, c_out, k, padding=pad, bias=True, init=init,
-                                   weight_quantizer=(first_weight_quant or "identity", {})),
-                       nn.MaxPool2d(2, ceil_mode=True), activation(a_spec)]
+            first = quant.first_layer
+            layers += [QuantConv2d(c_in, c_out, k, padding=pad, bias=True, init=init, input_quantizer=first.input,
+                                   weight_quantizer=first.weight, grad_quantizer=first.gradient),
+                       nn.MaxPool2d(2, ceil_mode=True), quant.activation.build()]
         else:
             if i == len(LAYERS) - 1 and dropout > 0:
                 layers.append(nn.Dropout(dropout))
-            layers += [QuantConv2d(c_in, c_out, k, padding=pad, weight_quantizer=w_spec, init=init,
-                                   grad_quantizer=g_spec),
+            layers += [QuantConv2d(c_in, c_out, k, padding=pad, weight_quantizer=quant.weight, init=init,
+                                   grad_quantizer=quant.gradient),
                        norm_layer(2, c_out, bn_eps, bn_momentum, batchnorm)]
             if pool:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))  # = TF 'SAME' 2x2/2 pooling
-            layers.append(activation(last_in if i == len(LAYERS) - 1 else a_spec))
+            # conv6's "h" is the last layer's input (DoReFa: clipped, not quantized)
+            last_in = i == len(LAYERS) - 1
+            layers.append((quant.last_layer.input if last_in else quant.activation).build())
         h, w = h - k + 1 + 2 * pad, w - k + 1 + 2 * pad
         if pool:
             h, w = -(-h // 2), -(-w // 2)
@@ -74,5 +76,5 @@ def dorefa_svhn(*, input_shape, num_classes, variant="A", width_mult=1.0, weight
             raise ValueError(f"dorefa_svhn needs a larger input than {tuple(input_shape)} (40x40 is the paper's)")
         c_in = c_out
     layers += [nn.Flatten(), QuantLinear(c_in * h * w, num_classes, bias=True, init=init,
-                                         weight_quantizer=(last_weight_quant or "identity", {}))]
+                                         weight_quantizer=quant.last_layer.weight)]
     return nn.Sequential(*layers)

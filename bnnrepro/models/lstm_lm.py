@@ -4,13 +4,14 @@ as their 32-bit counterparts using only 4-bits").
 Embedding -> dropout -> ``layers`` x QuantLSTM -> dropout -> Linear decoder, on (T, B) token tensors.
 The paper's sizes, optimizer and exactly what it quantizes are [U]; the choices here:
 
-* the LSTM weights (W_ih, W_hh) go through ``weight_quant`` (w_bits); the embedding and the decoder
-  stay float by default, as the first and last layers of QNN's ConvNets
-  (``last_weight_quant`` quantizes the decoder);
+* the LSTM weights (W_ih, W_hh) go through the scheme's ``weight`` quantizer; the embedding stays
+  float and the decoder is the scheme's ``last_layer.weight`` (float in the preset:
+  ``quant.last_layer=float``, as the first and last layers of QNN's ConvNets);
 * the hidden state h_t (the input of every recurrent and layer-to-layer product) goes through
-  ``act_quant`` (a_bits); h = o * tanh(c) lies in (-1, 1), the qnn_linear grid. The cell state stays
+  the scheme's ``activation`` quantizer; h = o * tanh(c) lies in (-1, 1), the qnn_linear grid. The cell state stays
   float. ``quantize_gates=True`` also quantizes i, f, g, o after their nonlinearities;
-* qnn_linear/qnn_log weights get ``scale = AP2(1/sqrt(hidden))`` unless ``weight_kwargs`` sets one,
+* weight quantizers whose grid takes a scale (``takes_scale``: qnn_linear, qnn_log) get
+  ``scale = AP2(1/sqrt(hidden))`` unless ``quant.weight_kwargs`` sets one,
   so the fixed-point grid covers the weights' init range U(-1/sqrt(H), 1/sqrt(H)) instead of [-1, 1)
   (where 4-bit steps of 1/8 would round almost every weight to 0);
 * sizes default to one layer of 300 units, embedding 300, dropout 0.5 (all [U]);
@@ -28,7 +29,10 @@ import torch.nn.functional as F
 
 from ..nn import QuantLinear
 from ..nn.layers import _quantizer
-from .common import quantizer_spec
+from .common import scheme
+
+# the scheme lstm_lm builds with when given none (conf/experiment/qnn_ptb_lstm.yaml's)
+DEFAULT_QUANT = {"weight": "qnn_linear", "w_bits": 4, "activation": "qnn_linear", "a_bits": 4, "last_layer": "float"}
 
 
 class QuantLSTM(nn.Module):
@@ -94,15 +98,14 @@ class LSTMLanguageModel(nn.Module):
         return self.decoder(x), new_state
 
 
-def lstm_lm(*, input_shape=None, num_classes, embed_dim=300, hidden=300, layers=1, dropout=0.5,
-            weight_quant="qnn_linear", w_bits=4, act_quant="qnn_linear", a_bits=4, weight_kwargs=None,
-            act_kwargs=None, last_weight_quant=None, quantize_gates=False) -> LSTMLanguageModel:
-    """``num_classes`` is the vocabulary size; ``input_shape`` (the BPTT length) is not needed."""
-    weight_kwargs = dict(weight_kwargs or {})
-    if weight_quant in ("qnn_linear", "qnn_log") and "scale" not in weight_kwargs:
-        weight_kwargs["scale"] = 2.0 ** round(math.log2(1.0 / math.sqrt(hidden)))
+def lstm_lm(*, input_shape=None, num_classes, quant=None, embed_dim=300, hidden=300, layers=1, dropout=0.5,
+            quantize_gates=False) -> LSTMLanguageModel:
+    """``num_classes`` is the vocabulary size; ``input_shape`` (the BPTT length) is not needed.
+    ``quant``: the scheme (default: QNN's 4-bit qnn_linear weights and hidden state, float decoder)."""
+    quant = scheme(quant, DEFAULT_QUANT)
+    weight = quant.weight
+    if weight.cls.takes_scale and "scale" not in weight.kwargs:
+        weight = weight.updated(scale=2.0 ** round(math.log2(1.0 / math.sqrt(hidden))))
     return LSTMLanguageModel(
-        num_classes, embed_dim, hidden, layers, dropout,
-        weight_spec=quantizer_spec(weight_quant, w_bits, weight_kwargs),
-        act_spec=quantizer_spec(act_quant, a_bits, act_kwargs),
-        decoder_spec=(last_weight_quant or "identity", {}), quantize_gates=quantize_gates)
+        num_classes, embed_dim, hidden, layers, dropout, weight_spec=weight, act_spec=quant.activation,
+        decoder_spec=quant.last_layer.weight, quantize_gates=quantize_gates)

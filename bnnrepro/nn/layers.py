@@ -10,11 +10,14 @@ from .. import quant
 
 
 def _quantizer(spec) -> nn.Module:
-    """``spec`` is a registry name, an (name, kwargs) pair, or an already built module."""
+    """``spec`` is a :class:`quant.Spec`, a registry name, an (name, kwargs) pair, or an already
+    built module; None is the identity."""
     if spec is None:
         return quant.build("identity")
     if isinstance(spec, nn.Module):
         return spec
+    if isinstance(spec, quant.Spec):
+        return spec.build()
     if isinstance(spec, str):
         return quant.build(spec)
     name, kwargs = spec

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from .binary import Quantizer
+from .base import Quantizer
 from .registry import register
 
 
 @register("relu")
 class ReLU(Quantizer):
     precision = 32
+    kind = "relu"
     allowed_bits = (32,)
 
     def forward(self, x):

@@ -7,54 +7,18 @@ assume (a zero bit means +1 there too).
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
+from .base import Quantizer
 from .registry import register
+from .ste import SteSign, hard_sigmoid, sign_pm1
 
-
-def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1; values are exactly +-1 in x's dtype."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
-
-
-def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1) / 2).clamp(0, 1)
-
-
-class _SteSign(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, clip, stochastic, generator):
-        ctx.save_for_backward(x)
-        ctx.clip = clip
-        if stochastic:
-            u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            # +1 with probability hard_sigmoid(x); hard_sigmoid(x) == 1 for x >= 1, so never -1 there
-            return torch.where(u < hard_sigmoid(x), torch.ones_like(x), -torch.ones_like(x))
-        return sign_pm1(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
-        if ctx.clip is None:
-            return grad, None, None, None
-        return grad * (x.abs() <= ctx.clip).to(grad.dtype), None, None, None
-
-
-class Quantizer(nn.Module):
-    """Base class: ``precision`` in bits (32 = float) and whether latent weights are clipped."""
-
-    precision: int = 32
-    #: latent weights quantized by this are kept in [-1, 1] after each step (BinaryConnect / BNN)
-    clips_latent_weights: bool = False
-    allowed_bits: tuple[int, ...] | None = None
-
-    def extra_repr(self) -> str:
-        return f"precision={self.precision}"
+__all__ = ["HardTanh", "Identity", "Sign", "StochasticSign", "hard_sigmoid", "sign_pm1"]
 
 
 @register("identity", "float")
 class Identity(Quantizer):
     precision = 32
+    kind = "identity"
     allowed_bits = (32,)
 
     def forward(self, x):
@@ -67,6 +31,7 @@ class HardTanh(Quantizer):
     baseline of a BNN uses it in place of ``sign`` (BNN's Torch7 code: HardTanh, then binarize)."""
 
     precision = 32
+    kind = "hard_tanh"
     allowed_bits = (32,)
 
     def forward(self, x):
@@ -78,6 +43,7 @@ class Sign(Quantizer):
     """Deterministic sign, STE gradient cancelled where |x| > clip (``clip=None``: plain identity STE)."""
 
     precision = 1
+    kind = "sign"
     clips_latent_weights = True
     allowed_bits = (1,)
 
@@ -86,7 +52,7 @@ class Sign(Quantizer):
         self.clip = clip
 
     def forward(self, x):
-        return _SteSign.apply(x, self.clip, False, None)
+        return SteSign.apply(x, self.clip, False, None)
 
 
 @register("stochastic_sign")
@@ -97,6 +63,7 @@ class StochasticSign(Quantizer):
     """
 
     precision = 1
+    kind = "sign"
     clips_latent_weights = True
     allowed_bits = (1,)
 
@@ -108,4 +75,4 @@ class StochasticSign(Quantizer):
 
     def forward(self, x):
         stochastic = self.training or self.eval_stochastic
-        return _SteSign.apply(x, self.clip, stochastic, self.generator)
+        return SteSign.apply(x, self.clip, stochastic, self.generator)

@@ -34,28 +34,14 @@ from __future__ import annotations
 
 import torch
 
-from .binary import Quantizer, StochasticSign
+from .base import Quantizer
+from .binary import StochasticSign
 from .registry import register
+from .ste import straight_through
 
 NORMS = ("max", "none")
 BETA_DISTRIBUTIONS = ("uniform", "bernoulli")
 EVAL_MODES = ("mean", "sign", "sample")
-
-
-class _StraightThrough(torch.autograd.Function):
-    """Forward: the projected tensor (computed outside, without autograd); backward: identity."""
-
-    @staticmethod
-    def forward(ctx, w, projected):
-        return projected
-
-    @staticmethod
-    def backward(ctx, grad):
-        return grad, None
-
-
-def straight_through(w: torch.Tensor, projected: torch.Tensor) -> torch.Tensor:
-    return _StraightThrough.apply(w, projected.detach())
 
 
 def normalised_magnitude(w: torch.Tensor, norm: str) -> torch.Tensor:
@@ -99,6 +85,7 @@ class Clip(Quantizer):
     """``clip(w, -c, c)``, straight-through gradient; latent weights clipped to [-1, 1] by the optimizer."""
 
     precision = 32
+    kind = "clip"
     clips_latent_weights = True
     allowed_bits = (32,)
 
@@ -120,6 +107,7 @@ class Power(Quantizer):
     """``sign(w) |a_k w|^beta``, straight-through gradient (beta = 0.5 by default, our choice)."""
 
     precision = 32
+    kind = "power"
     allowed_bits = (32,)
 
     def __init__(self, beta: float = 0.5, norm: str = "max", clip_latent: bool = True):
@@ -146,6 +134,7 @@ class StochasticProjection(Quantizer):
     """
 
     precision = 32
+    kind = "stochastic_projection"
     allowed_bits = (32,)
 
     def __init__(self, beta: str = "uniform", beta_min: float = 0.0, beta_max: float = 1.0,
@@ -196,6 +185,8 @@ class StochasticBinary(StochasticSign):
     """BinaryConnect stochastic binarization (module docstring): training samples +-1 with
     P(+1) = hard_sigmoid(w), straight-through gradient (cancelled where |w| > clip, never once w is
     clipped); eval: ``mean`` E[P(w)] = clip(w, -1, 1) (default), ``sign`` or ``sample``."""
+
+    kind = "stochastic_binary"  # tested with its expectation by default: not a sign in eval
 
     def __init__(self, clip: float | None = 1.0, eval_mode: str = "mean"):
         if eval_mode not in EVAL_MODES:

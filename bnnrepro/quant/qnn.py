@@ -11,42 +11,15 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .binary import Quantizer, _SteSign
-from .dorefa import DoReFaGradient, window_grad
+from .base import Quantizer
+from .dorefa import DoReFaGradient
 from .registry import register
+from .ste import SteSign, ste
 
 
 def ap2(x: torch.Tensor) -> torch.Tensor:
     """Nearest power of two, rounded in the log domain: sign(x) * 2**round(log2|x|); AP2(0) = 0."""
     return torch.sign(x) * torch.exp2(torch.round(torch.log2(x.abs())))
-
-
-class Ste(torch.autograd.Function):
-    """Forward ``fn(x)``; backward passes the gradient where ``lo <= x <= hi`` (everywhere if None).
-
-    ``fn`` runs inside forward, so whatever it computes from ``x`` (a scale, a max) carries no
-    gradient, and the output is exactly ``fn(x)`` (no ``x + (q - x).detach()`` rounding error).
-    """
-
-    @staticmethod
-    def forward(ctx, x, fn, lo, hi):
-        ctx.window = (lo, hi)
-        if lo is not None:
-            ctx.save_for_backward(x)
-        return fn(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        lo, hi = ctx.window
-        if lo is None:
-            return grad, None, None, None
-        (x,) = ctx.saved_tensors
-        return window_grad(grad, x, lo, hi), None, None, None
-
-
-def ste(x: torch.Tensor, fn, clip: float | None = None) -> torch.Tensor:
-    """``fn(x)`` with the straight-through gradient, cancelled where |x| > clip (None: never)."""
-    return Ste.apply(x, fn, None if clip is None else -clip, clip)
 
 
 @register("qnn_linear")
@@ -71,7 +44,9 @@ class QnnLinear(Quantizer):
     * ``k = 32`` passes x through unchanged.
     """
 
+    kind = "linear"
     clips_latent_weights = True
+    takes_scale = True
 
     def __init__(self, bits: int = 2, stochastic: bool = False, scale: float = 1.0,
                  clip: float | None = 1.0, eval_stochastic: bool = False):
@@ -92,7 +67,7 @@ class QnnLinear(Quantizer):
         stochastic = self.stochastic and (self.training or self.eval_stochastic)
         window = None if self.clip is None else self.clip * self.scale
         if self.precision == 1:
-            return _SteSign.apply(x / self.scale, self.clip, stochastic, self.generator) * self.scale
+            return SteSign.apply(x / self.scale, self.clip, stochastic, self.generator) * self.scale
         levels = 2.0 ** (self.precision - 1)
 
         def quantize(v):
@@ -119,7 +94,9 @@ class QnnLog(Quantizer):
     straight-through, cancelled where |x| > ``clip * scale``. ``k = 32`` passes x through.
     """
 
+    kind = "log"
     clips_latent_weights = True
+    takes_scale = True
 
     def __init__(self, bits: int = 4, scale: float = 1.0, clip: float | None = 1.0):
         super().__init__()

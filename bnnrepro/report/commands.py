@@ -96,10 +96,10 @@ packed artifact when the model packs. The model is a preset (Hydra overrides, e.
 
 
 def _from_preset(overrides: list[str]):
-    from ..config import validate
+    from ..config import effective_width_mult, validate
     from ..data import DATASETS
-    from ..train.factory import build_model, effective_width_mult
     from ..compose import hydra_composer
+    from ..train.factory import build_model
 
     cfg = hydra_composer()(overrides)
     validate(cfg)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from .. import data as datasets
+from ..nn import ShiftBatchNorm
 
 PRECOMPUTE_LIMIT_BYTES = 1 << 30  # preprocess the test set once when it fits in 1 GiB as float32
 
@@ -65,7 +66,7 @@ def load_test_set(cfg, data_root: str | None, cache: dict, device: torch.device,
 
 def batch_norms(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The model's torch BatchNorm layers; BNN's ShiftBatchNorm cannot be recalibrated here."""
-    if any(type(m).__name__ == "ShiftBatchNorm" for m in model.modules()):
+    if any(isinstance(m, ShiftBatchNorm) for m in model.modules()):
         raise ValueError("--bn-recalibrate supports torch BatchNorm only, not ShiftBatchNorm")
     return [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
 

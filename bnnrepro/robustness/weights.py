@@ -24,12 +24,13 @@ from ..nn import QuantLayer
 from .distortions import Distortion, DistortionOptions
 
 WEIGHT_MODES = ("effective", "latent", "latent_projected")
-PROJECTION_NAMES = {"identity": "none", "float": "none", "ste_sign": "sign"}
 
 
 def projection_label(cfg) -> str:
-    """The training projection of a run: its weight quantizer's name (identity -> none) and kwargs."""
-    name = PROJECTION_NAMES.get(cfg.quant.weight, cfg.quant.weight)
+    """The training projection of a run: its weight quantizer's registry name (``none`` for an
+    identity, whatever alias the config used) and kwargs."""
+    cls = quant.get(cfg.quant.weight)
+    name = "none" if cls.kind == "identity" else cls.registry_name
     kwargs = dict(cfg.quant.get("weight_kwargs") or {})
     if kwargs:
         name += "(" + ", ".join(f"{k}={v}" for k, v in sorted(kwargs.items())) + ")"

@@ -15,14 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from .. import data as datasets
-from ..config import Config, validate
+from ..config import (Config, effective_dropout_hidden, effective_epochs, effective_train_subset,
+                      effective_width_mult, schedule_epochs, validate)
 from ..errors import CheckpointError, TrainingDiverged
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
 from . import distributed
 from .batches import epoch_order, num_batches
-from .factory import (build_loss, build_model, effective_dropout_hidden, effective_epochs,
-                      effective_train_subset, effective_width_mult, schedule_epochs)
+from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
 
 from ..runs import CONFIG, METRICS, SUMMARY
