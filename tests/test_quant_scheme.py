@@ -34,7 +34,7 @@ def _flatten(d, prefix=""):
 
 @pytest.fixture(scope="module")
 def composer():
-    from bnnrepro.report.plan import hydra_composer
+    from bnnrepro.compose import hydra_composer
 
     return hydra_composer()
 

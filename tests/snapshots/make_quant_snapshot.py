@@ -162,7 +162,7 @@ def preset_record(composer, preset: str, scale: str) -> dict:
 
 
 def all_preset_records() -> dict:
-    from bnnrepro.report.plan import hydra_composer
+    from bnnrepro.compose import hydra_composer
 
     composer = hydra_composer()
     out = {f"{p} scale={s}": preset_record(composer, p, s) for p in presets() for s in SCALES}
