@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -92,17 +92,24 @@ def run_sweeps(study: Study, plans: list[RowPlan], records: Path, *, jobs: int =
     if not tasks:
         return outcome
     print(f"bnnrepro table: {len(tasks)} sweep(s) to make, {jobs} at a time", file=log, flush=True)
-    if jobs > 1:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
-            results = list(pool.map(_sweep_one, tasks))
-    else:
-        results = [_sweep_one(task) for task in tasks]
-    for (run_id, sweep, options), rows in zip(keys, results):
+
+    def record(i: int, rows: list[dict]) -> None:  # each sweep's record as soon as it is made
+        run_id, sweep, options = keys[i]
         csv, meta = record_paths(records, run_id, sweep.id)
         runs.atomic_write_text(csv, pd.DataFrame(rows).to_csv(index=False))
         runs.atomic_write_json(meta, {"options": options, "code": rows[0]["code"] if rows else None})
         outcome.swept.append(f"{run_id} {sweep.id}")
-        print(f"  swept {run_id}: {sweep.id} ({len(rows)} draws)", file=log, flush=True)
+        print(f"  [{len(outcome.swept)}/{len(tasks)}] swept {run_id}: {sweep.id} ({len(rows)} draws)",
+              file=log, flush=True)
+
+    if jobs > 1:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(_sweep_one, task): i for i, task in enumerate(tasks)}
+            for future in as_completed(futures):
+                record(futures[future], future.result())
+    else:
+        for i, task in enumerate(tasks):
+            record(i, _sweep_one(task))
     return outcome
 
 
