@@ -53,8 +53,9 @@ RUN_HELP = "run directory, checkpoint (.pt)"
 
 def runs_root(overrides: dict | None = None) -> Path:
     """The runs root: ``runs_dir=`` override, else env ``BNNREPRO_RUNS``, else ``runs``."""
-    value = (overrides or {}).get("runs_dir") or os.environ.get("BNNREPRO_RUNS") or "runs"
-    return Path(value).expanduser()
+    from . import runs
+
+    return runs.runs_root((overrides or {}).get("runs_dir"))
 
 
 def report_dir(command: str, out: str | None, overrides: dict | None = None) -> Path:

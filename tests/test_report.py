@@ -20,6 +20,13 @@ THEANO = ["+experiment=bnn_mnist_theano"]
 TORCH7 = ["+experiment=bnn_mnist_torch7"]
 
 
+@pytest.fixture(autouse=True)
+def clean_tree(monkeypatch):
+    """The tests launch (fake) training: the checkout they run in counts as clean, edited or not."""
+    monkeypatch.setattr(pipeline, "code_version", lambda: {"package": "0.1.0", "git_commit": "0" * 40,
+                                                           "git_dirty": False})
+
+
 def _make(runs, out, papers=("bnn",), **kw):
     kw.setdefault("train", False)
     return pipeline.make_tables([targets.load(p) for p in papers], runs_dir=runs, out_dir=out, scale="smoke",
@@ -448,3 +455,35 @@ def test_real_runs_end_to_end_then_idempotent(mnist_root, tmp_path, monkeypatch,
     calls.clear()
     assert commands.table_main(argv, runner=counting, has_cuda=no_cuda) == 0
     assert calls == []
+
+
+def test_a_run_started_on_other_code_than_it_ended_on_is_dirty(tmp_path):
+    run = write_run(tmp_path / "runs", "moved", THEANO, 0, 2.0)
+    summary = json.loads((run / "summary.json").read_text())
+    clean = dict(summary["code_version"])
+    summary["code_version_start"] = {**clean, "git_commit": "fedcba9876543210"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert run_records.read_run(run).dirty
+    summary["code_version_start"] = clean
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert not run_records.read_run(run).dirty
+
+
+def test_training_on_a_modified_tree_is_refused_unless_allowed(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "code_version", lambda: {"package": "0.1.0", "git_commit": "0" * 40,
+                                                           "git_dirty": True})
+    with pytest.raises(ValueError, match="uncommitted changes"):
+        _make(tmp_path / "runs", tmp_path / "out", train=True, runner=_forbidden, figures=False)
+    launched = []
+    _make(tmp_path / "runs", tmp_path / "out", train=True, allow_dirty=True, figures=False,
+          runner=lambda argv: launched.append(argv) or 0)
+    assert launched
+
+
+def test_a_record_cut_short_is_a_problem_never_resumed(tmp_path):
+    out = tmp_path / "out"
+    write_run(out / "runs", "cut-short", THEANO, 0, None)  # a config without a summary
+    outcome = _make(tmp_path / "runs", out, train=True, runner=lambda argv: 0, figures=False)
+    assert any(p.path.name == "cut-short" for p in outcome.problems)
+    assert not any("resume=" in " ".join(job.argv) and "cut-short" in " ".join(job.argv)
+                   for job, _ in outcome.launched)

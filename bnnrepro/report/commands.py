@@ -9,13 +9,16 @@ from .targets import TargetsError
 from ..errors import USER_ERRORS
 
 TABLE_HELP = """\
-Paper-vs-reproduced tables from finished runs. For each row of the paper's tables (targets in
-bnnrepro/report/targets/<paper>.yaml) it finds the completed runs whose config is the row's preset at
---scale, launches the missing seeds as a Hydra multirun (joblib launcher with --jobs > 1), resumes
-interrupted runs, then writes <out>/<paper>_<table>.md, .csv and .tex. Rows that cannot run here
-(preset missing or invalid, dataset files missing -- checked without downloading --, or a GPU
-needed at this scale and none here) stay in the table and say why.
-A second call with nothing new launches nothing."""
+Paper-vs-reproduced tables, studies and grids from finished runs. A target is a file under
+bnnrepro/report/targets/ (the papers bnn, qnn, dorefa, merolla; quant_grid; merolla_study). For each
+row it finds the completed runs whose config is the row's preset at scale=, launches the missing seeds
+as a Hydra multirun (joblib launcher with --jobs > 1), resumes interrupted runs, writes the record of
+every counted run to <out>/runs/<run id>/ (config, metrics, summary; never checkpoints), then builds
+<out>/<table>.md, .csv and .tex (and a study's outputs) from those records alone: --no-train rebuilds
+them byte for byte. Rows that cannot run here (preset invalid, dataset files missing -- checked
+without downloading --, or a GPU needed at this scale and none here) stay in the table and say why.
+Runs made on a modified tree are not counted unless --allow-dirty. A second call with nothing new
+launches nothing."""
 
 
 def _fail(message: str) -> int:
@@ -73,7 +76,7 @@ def table_main(argv: list[str], **hooks) -> int:
     runs_dir = commandline.runs_root(args.overrides)
     out_dir = commandline.report_dir("table", args.out, args.overrides)
     # per paper, so a table reads the same whether `table all` or `table <paper>` wrote it
-    command = f"bnnrepro table {{target}} scale={scale} seed={{seeds}}"
+    command = f"bnnrepro table {{target}} scale={scale} seed={{seeds}}" + (" --allow-dirty" if args.allow_dirty else "")
     try:
         outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=out_dir, scale=scale,
                                        seeds=seeds, train=not args.no_train, jobs=args.jobs, threads=threads,

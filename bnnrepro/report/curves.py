@@ -4,7 +4,6 @@ Figures are drawn with matplotlib's object API on an Agg canvas (no pyplot state
 """
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -64,7 +63,7 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None, title: str | No
     fig.suptitle(title or run_dir.name, fontsize=9)
     fig.tight_layout()
     out = Path(out) if out else run_dir / CURVES
-    fig.savefig(out)
+    fig.savefig(out, metadata={"Software": None})  # no library version: the same data, the same file
     return out
 
 
@@ -105,5 +104,5 @@ def plot_row(runs: list[tuple[str, Path]], out: str | Path, title: str,
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
+    fig.savefig(out, metadata={"Software": None})  # no library version: the same data, the same file
     return out

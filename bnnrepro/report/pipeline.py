@@ -5,6 +5,7 @@ all its seeds nothing is launched; the tables are then rewritten byte for byte t
 """
 from __future__ import annotations
 
+import shutil
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -12,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..compose import hydra_composer
-from ..runs import Problem, Scan, export, scan
+from ..runs import Problem, Run, Scan, code_version, export, scan
 from . import curves, launch, render, study, tables
 from .plan import RowPlan, cuda_available, data_check, plan_row
 from .tables import RECORDS
@@ -69,23 +70,54 @@ def _scan_all(runs_dir: Path, records: Path) -> Scan:
 
 
 def scan_records(records: Path) -> Scan:
-    """Runs under ``<out>/runs``: their file times are a checkout's, so they order by run id alone."""
+    """Runs under ``<out>/runs``: their file times are a checkout's, so they order by run id alone.
+    A record without its summary (a copy cut short) is a problem: never counted, never resumed."""
     found = scan(records)
-    for run in found.completed + found.interrupted:
+    for run in found.completed:
         run.mtime = 0.0
+    found.problems += [Problem(r.path, "a record without summary.json: not counted, never resumed")
+                       for r in found.interrupted]
+    found.interrupted = []
     return found
 
 
-def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True) -> list[Path]:
+def _under(path: Path, folder: Path) -> bool:
+    return Path(path).resolve().is_relative_to(Path(folder).resolve())
+
+
+def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True, log=None) -> list[Path]:
     """Each counted run's record (config, metrics, summary; no checkpoints, no machine paths); a run
-    directory of the runs root also gets its own ``curves.png``."""
+    directory of the runs root also gets its own ``curves.png``. A record of the same row and seed
+    that is not the counted run (an older duplicate) is removed, so the records alone pick the same
+    runs as this scan did."""
     written = []
     for plan in (p for table_plans in plans for p in table_plans):
         for run in plan.runs.values():
             written.append(export(run, records))
-            if figures and not run.path.resolve().is_relative_to(records.resolve()):
+            if figures and not _under(run.path, records):
                 curves.ensure_run_curves(run.path)
+        for stale in plan.duplicates:
+            if _under(stale.path, records) and stale.id not in {r.id for r in plan.runs.values()}:
+                shutil.rmtree(stale.path)
+                print(f"bnnrepro table: record {stale.id} replaced by the newer run of seed {stale.seed}",
+                      file=log or sys.stderr)
     return written
+
+
+def _live(found: Scan) -> dict[str, Run]:
+    """Completed runs by id, preferring run directories (with checkpoints) over records."""
+    out: dict[str, Run] = {}
+    for run in found.completed:
+        out.setdefault(run.id, run)
+    return out
+
+
+def _refuse_dirty_training() -> None:
+    """Runs made on a modified tree are not counted: training them would only repeat forever."""
+    code = code_version()
+    if code.get("git_dirty"):
+        raise ValueError("the code has uncommitted changes, so the runs made now would be marked +dirty and "
+                         "not counted: commit first, or pass --allow-dirty (or --no-train to rebuild only)")
 
 
 def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale: str,
@@ -108,6 +140,8 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
     if train:
         jobs_todo = launch.plan_jobs([p for table_plans in plans for p in table_plans], scale, runs_dir,
                                      jobs=jobs, threads=threads)
+        if jobs_todo and not allow_dirty:
+            _refuse_dirty_training()
         if jobs_todo:
             total = sum(j.runs for j in jobs_todo)
             print(f"bnnrepro table: {total} run(s) to make or resume at scale={scale}, in {len(jobs_todo)} "
@@ -120,12 +154,14 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
                   "seeds", file=log, flush=True)
     outcome.problems = list(found.problems)
     tables_flat = [(t, table) for t in targets for table in t.tables]
+    counted = {run.id for table_plans in plans for plan in table_plans for run in plan.runs.values()}
     for (_, table), table_plans in zip(tables_flat, plans):
         for plan in table_plans:
-            if tables.local_notes(plan):
-                outcome.notes[(table.name, plan.row.id)] = tables.local_notes(plan)
-    export_used(plans, records, figures)
-    full_plans = plans
+            notes = tables.local_notes(plan, counted)
+            if notes:
+                outcome.notes[(table.name, plan.row.id)] = notes
+    export_used(plans, records, figures, log)
+    live = _live(found)
     recorded = scan_records(records)
     plans = _plans(targets, scale, seeds, recorded, composer, check_data, has_cuda, allow_dirty)
     for (t, table), table_plans in zip(tables_flat, plans):
@@ -139,9 +175,9 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
     index = 0
     for t in targets:  # a study sweeps the nets its first table counts
         if t.study is not None:
-            if train:
-                made = study.run_sweeps(t.study, full_plans[index], records, jobs=jobs, threads=threads or 1,
-                                        log=log)
+            if train:  # the records' runs, swept where their run directories (checkpoints) are
+                made = study.run_sweeps(t.study, plans[index], records, live=live, jobs=jobs,
+                                        threads=threads or 1, log=log)
                 outcome.study_missing += made.missing
             done = study.write_outputs(t.study, plans[index], records, out_dir,
                                        command=command.replace("{target}", t.name).replace(

@@ -70,18 +70,20 @@ def _sweep_one(task: tuple[str, str, dict, int]) -> list[dict]:
     return [{**row, "run": run_id, "code": code} for row in rows]
 
 
-def run_sweeps(study: Study, plans: list[RowPlan], records: Path, *, jobs: int = 1, threads: int = 1,
-               log=None) -> StudyOutcome:
-    """Make every missing or outdated sweep record of the counted runs (their checkpoints needed)."""
+def run_sweeps(study: Study, plans: list[RowPlan], records: Path, *, live: dict | None = None, jobs: int = 1,
+               threads: int = 1, log=None) -> StudyOutcome:
+    """Make every missing or outdated sweep record of the counted runs (``plans`` from the records);
+    ``live`` maps run ids to their run directories, where the checkpoints are."""
     log = log or sys.stderr
     outcome = StudyOutcome()
     tasks, keys = [], []
     for sweep in study.sweeps:
         options = _options(study, sweep)
         for plan in plans:
-            for run in plan.runs.values():
-                if _current(records, run.id, sweep.id, options):
+            for counted in plan.runs.values():
+                if _current(records, counted.id, sweep.id, options):
                     continue
+                run = (live or {}).get(counted.id, counted)
                 try:
                     run.checkpoint("best")
                 except Exception:  # noqa: BLE001 - a record without its run directory here

@@ -7,7 +7,6 @@ file. Nothing else enters a table.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,12 +52,6 @@ def duration(seconds: float | None) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-def rel(path: Path, start: Path | None = None) -> str:
-    """``path`` relative to ``start`` (default: the working directory) when below it, else absolute."""
-    path, start = Path(path).resolve(), Path(start or Path.cwd()).resolve()
-    return os.path.relpath(path, start) if path.is_relative_to(start) else str(path)
-
-
 @dataclass
 class TableResult:
     table: Table
@@ -91,27 +84,29 @@ def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
         pending = sorted(set(plan.missing) | set(plan.interrupted))
         parts.append(f"seed{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} not run yet "
                      f"(`bnnrepro table {paper}` runs them)")
-    parts += local_notes(plan)
+    dirty_used = sum(1 for r in plan.runs.values() if r.dirty)
+    if plan.allow_dirty and dirty_used:
+        parts.append(f"{dirty_used} run(s) counted from a modified tree (+dirty)")
     return "; ".join(parts)
 
 
-def local_notes(plan: RowPlan) -> list[str]:
-    """What the scan found beside the counted runs: resumable, differing, duplicate, dirty runs."""
+def local_notes(plan: RowPlan, counted_elsewhere: set[str] = frozenset()) -> list[str]:
+    """What the scan found beside the counted runs: resumable, differing, duplicate, dirty runs
+    (printed by the command, never written: the tables are built from the records alone). A run
+    another row counts (rows sharing a preset) is not "differing"."""
     parts = []
     for seed, run in sorted(plan.interrupted.items()):
         parts.append(f"seed {seed} interrupted, resumable: {run.id}")
-    if plan.differing:
-        keys = sorted({k for _, diff in plan.differing for k in diff})
+    differing = [(run, diff) for run, diff in plan.differing if run.id not in counted_elsewhere]
+    if differing:
+        keys = sorted({k for _, diff in differing for k in diff})
         shown = ", ".join(keys[:4]) + (", ..." if len(keys) > 4 else "")
-        parts.append(f"{len(plan.differing)} run(s) of this preset differ in {shown}: not counted")
+        parts.append(f"{len(differing)} run(s) of this preset differ in {shown}: not counted")
     if plan.duplicates:
         parts.append(f"{len(plan.duplicates)} older duplicate run(s) of the same seed not counted")
     if plan.dirty:
         parts.append(f"{len(plan.dirty)} run(s) made on a modified tree (+dirty) not counted "
                      "(`--allow-dirty` counts them)")
-    dirty_used = sum(1 for r in plan.runs.values() if r.dirty)
-    if plan.allow_dirty and dirty_used:
-        parts.append(f"{dirty_used} run(s) counted from a modified tree (+dirty)")
     return parts
 
 

@@ -229,9 +229,11 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
                tuple(str(s) for s in gpu), d.get("note"))
 
 
-def _checks(raw: Any, where: str, row_ids: list[str]) -> tuple[Check, ...]:
+def _checks(raw: Any, where: str, row_ids: list[str], metric: str = "test_error") -> tuple[Check, ...]:
     if raw is None:
         return ()
+    if metric == "accuracy":  # "worse" means a higher error; an accuracy table would read it backwards
+        raise TargetsError(f"{where}: checks compare errors; this table's metric is accuracy")
     if not isinstance(raw, list):
         raise TargetsError(f"{where}: checks must be a list")
     out = []
@@ -305,6 +307,6 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
             raise TargetsError(f"{tw}: duplicate row id(s) {', '.join(dupes)}")
         tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
                             _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows,
-                            t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids)))
+                            t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids, t.get("metric", "test_error"))))
     return Targets(paper, _need(raw, "title", where), tuple(tables), where, str(raw.get("name") or paper),
                    _study(raw.get("study"), where))

@@ -59,7 +59,7 @@ def plot_noise(agg: pd.DataFrame, noise: str, path: Path, title: str = "",
         secax.set_xlabel("effective bits per weight")
     fig.tight_layout()
     path = Path(path)
-    fig.savefig(path)
+    fig.savefig(path, metadata={"Software": None})
     plt.close(fig)
     return path
 

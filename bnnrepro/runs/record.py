@@ -20,7 +20,7 @@ import yaml
 
 from ..errors import RunError
 from .checkpoints import resolve
-from .files import (CONFIG, MARKERS, METRICS, RECORD_FILES, RUNS_LIST, SUMMARY, atomic_write_json,
+from .files import (CONFIG, MARKERS, METRICS, RUNS_LIST, SUMMARY, atomic_write_json,
                     atomic_write_text, append_line, read_jsonl)
 from .provenance import code_label
 
@@ -64,7 +64,12 @@ class Run:
 
     @property
     def dirty(self) -> bool:
-        return bool(((self.summary or {}).get("code_version") or {}).get("git_dirty"))
+        """Made on a modified tree: dirty where it ended or where it started, or started on
+        another commit than it ended on (runs from before ``code_version_start`` have the end only)."""
+        summary = self.summary or {}
+        end, start = summary.get("code_version") or {}, summary.get("code_version_start") or {}
+        return bool(end.get("git_dirty") or start.get("git_dirty")
+                    or (start and start.get("git_commit") != end.get("git_commit")))
 
     def metric_rows(self) -> list[dict]:
         """The epoch lines of ``metrics.jsonl`` (a torn last line dropped)."""
@@ -274,25 +279,32 @@ def _relative(value: Any, roots: list[tuple[Path, str]]) -> Any:
         return [_relative(v, roots) for v in value]
     if isinstance(value, str) and os.path.isabs(value):
         p = Path(value)
-        for root, label in roots:
+        for root, label in roots:  # longest first, "/" never a root (see _roots)
             if p == root or p.is_relative_to(root):
                 rel = p.relative_to(root).as_posix()
                 return label if rel == "." else f"{label}/{rel}"
         return f"<elsewhere>/{p.name}"
     if isinstance(value, str) and "/" in value:  # paths inside a string: a command line's `runs_dir=/...`
-        for root, label in sorted(roots, key=lambda r: len(str(r[0])), reverse=True):
-            if str(root) != "/":
-                value = value.replace(str(root), label)
+        for root, label in roots:
+            value = value.replace(str(root), label)
     return value
 
 
 def _roots(run: Run) -> list[tuple[Path, str]]:
     data_root = (run.config.get("data") or {}).get("root") or ((run.summary or {}).get("data") or {}).get("root")
-    roots = []
+    candidates = []
     if data_root and os.path.isabs(str(data_root)):
-        roots.append((Path(str(data_root)), "<data root>"))
-    roots.append((run.path.resolve().parent, "<runs root>"))
-    roots.append((Path.home(), "~"))
+        candidates += [(Path(str(data_root)), "<data root>"), (Path(str(data_root)).resolve(), "<data root>")]
+    runs_dir = run.config.get("runs_dir")
+    if runs_dir and os.path.isabs(str(runs_dir)):
+        candidates.append((Path(str(runs_dir)), "<runs root>"))
+    candidates += [(run.path.absolute().parent, "<runs root>"), (run.path.resolve().parent, "<runs root>"),
+                   (Path.home(), "~")]
+    roots, seen = [], set()
+    for root, label in sorted(candidates, key=lambda r: len(str(r[0])), reverse=True):
+        if str(root) not in seen and root != Path(root.anchor):  # "/" would relabel every path
+            seen.add(str(root))
+            roots.append((root, label))
     return roots
 
 
@@ -312,7 +324,3 @@ def export(run: Run, dest_root: str | os.PathLike) -> Path:
         atomic_write_json(dest / SUMMARY, _relative(run.summary, roots))
     return dest
 
-
-def record_files(run_dir: Path) -> list[Path]:
-    """The files of a run directory that belong in a committed record."""
-    return [Path(run_dir) / name for name in RECORD_FILES if (Path(run_dir) / name).is_file()]

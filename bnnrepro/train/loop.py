@@ -111,6 +111,8 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
             print(f"run {run_dir} is already {state['finished']}; nothing to do", file=sys.stderr)
         return run_dir
     t_start = time.time()
+    # the code a run started with; with the code it ends with, it decides whether the run is clean
+    code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
@@ -218,9 +220,10 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         wall = wall_before + time.time() - t_start
         try:
             if improved:
-                runs.save_checkpoint(run_dir / runs.BEST, _state(cfg, splits, model, epoch, best, wall))
-            runs.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler,
-                                                 device, rng))
+                runs.save_checkpoint(run_dir / runs.BEST,
+                                     _state(cfg, splits, model, epoch, best, wall, code_start=code_start))
+            runs.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler, device, rng,
+                                           code_start=code_start))
         except OSError as err:  # disk full, quota, I/O error: the files written so far stay as they were
             raise CheckpointError(
                 f"could not write the checkpoint of epoch {epoch} in {run_dir}: {err.strerror or err}; "
@@ -232,6 +235,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     if not ctx.is_main:
         return run_dir
     summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
+    summary["code_version_start"] = code_start
     summary["world_size"] = ctx.world
     runs.atomic_write_json(run_dir / SUMMARY, summary)
     logger.finish(summary)
@@ -241,8 +245,8 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
 
 
 def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None,
-           rng_ranks=None) -> dict:
-    state = {"epoch": epoch, "best": best, "wall_time_s": wall,
+           rng_ranks=None, code_start=None) -> dict:
+    state = {"epoch": epoch, "best": best, "wall_time_s": wall, "code_version_start": code_start,
              "config": OmegaConf.to_container(cfg, resolve=True),
              "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
