@@ -88,13 +88,17 @@ def compose_row(row: Row, scale: str, composer) -> tuple[Any, str | None]:
 
 def data_check(cfg) -> str | None:
     """None when the dataset's files are present and intact; else the first line of the error."""
-    from ..data import DataError, check
+    from ..data import DataError, check, resolve_root
 
     try:
         check(cfg.data.name, cfg.data.root, download=False, use_extra=bool(cfg.data.use_extra))
     except (DataError, ValueError, OSError) as err:
         # the data root is a path of this machine: keep it out of tables meant to be committed
-        return str(err).strip().splitlines()[0].split(" under the data root")[0]
+        line = str(err).strip().splitlines()[0].split(" under the data root")[0]
+        root = resolve_root(cfg.data.root)
+        for form in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+            line = line.replace(form, "<data root>")
+        return line
     return None
 
 
