@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import activation_after, norm_layer, scaled, scheme
+from .common import dense_block, norm_layer, scaled, scheme
 
 
 def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256, 256, 512, 512), fc=(1024, 1024),
@@ -40,10 +40,7 @@ def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256
     n = len(widths) - 1
     for i in range(n):
         spec = quant.last_layer.weight if i == n - 1 else quant.weight
-        layers.append(QuantLinear(widths[i], widths[i + 1], bias=bias, weight_quantizer=spec, init=init))
-        layers.append(norm_layer(1, widths[i + 1], bn_eps, bn_momentum, batchnorm))
-        if i < n - 1:
-            layers.append(activation_after(quant, i, n))
-            if dropout_hidden > 0:
-                layers.append(nn.Dropout(dropout_hidden))
+        linear = QuantLinear(widths[i], widths[i + 1], bias=bias, weight_quantizer=spec, init=init)
+        layers += dense_block(linear, quant, i, n, bn_eps=bn_eps, bn_momentum=bn_momentum, batchnorm=batchnorm,
+                              dropout_hidden=dropout_hidden)
     return nn.Sequential(*layers)

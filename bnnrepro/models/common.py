@@ -34,6 +34,18 @@ def activation_after(quant: QuantScheme, i: int, n: int) -> nn.Module:
     return (quant.last_layer.input if i == n - 2 else quant.activation).build()
 
 
+def dense_block(linear: nn.Module, quant: QuantScheme, i: int, n: int, *, bn_eps: float, bn_momentum: float,
+                batchnorm: str, dropout_hidden: float) -> list[nn.Module]:
+    """Weight layer ``i`` of ``n`` of a fully connected stack, then BatchNorm1d and, except after the
+    output layer, the activation quantizer and dropout."""
+    block = [linear, norm_layer(1, linear.out_features, bn_eps, bn_momentum, batchnorm)]
+    if i < n - 1:
+        block.append(activation_after(quant, i, n))
+        if dropout_hidden > 0:
+            block.append(nn.Dropout(dropout_hidden))
+    return block
+
+
 def norm_layer(dim: int, features: int, eps: float, momentum: float, kind: str = "standard") -> nn.Module:
     """``standard``: torch BatchNorm; ``shift``: BNN's shift-based BatchNorm (powers of two)."""
     if kind == "shift":

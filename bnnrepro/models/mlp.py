@@ -19,7 +19,7 @@ import math
 import torch.nn as nn
 
 from ..nn import QuantLinear
-from .common import activation_after, layer_quant, norm_layer, scaled, scheme
+from .common import dense_block, layer_quant, scaled, scheme
 
 
 def mlp(*, input_shape, num_classes, quant=None, hidden=(4096, 4096, 4096), width_mult=1.0, dropout_in=0.0,
@@ -33,11 +33,8 @@ def mlp(*, input_shape, num_classes, quant=None, hidden=(4096, 4096, 4096), widt
     n = len(widths) - 1
     for i in range(n):
         q = layer_quant(quant, i, n)
-        layers.append(QuantLinear(widths[i], widths[i + 1], bias=bias, input_quantizer=q.input,
-                                  weight_quantizer=q.weight, init=init, grad_quantizer=q.gradient))
-        layers.append(norm_layer(1, widths[i + 1], bn_eps, bn_momentum, batchnorm))
-        if i < n - 1:
-            layers.append(activation_after(quant, i, n))
-            if dropout_hidden > 0:
-                layers.append(nn.Dropout(dropout_hidden))
+        linear = QuantLinear(widths[i], widths[i + 1], bias=bias, input_quantizer=q.input,
+                             weight_quantizer=q.weight, init=init, grad_quantizer=q.gradient)
+        layers += dense_block(linear, quant, i, n, bn_eps=bn_eps, bn_momentum=bn_momentum, batchnorm=batchnorm,
+                              dropout_hidden=dropout_hidden)
     return nn.Sequential(*layers)
