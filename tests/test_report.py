@@ -487,3 +487,15 @@ def test_a_record_cut_short_is_a_problem_never_resumed(tmp_path):
     assert any(p.path.name == "cut-short" for p in outcome.problems)
     assert not any("resume=" in " ".join(job.argv) and "cut-short" in " ".join(job.argv)
                    for job, _ in outcome.launched)
+
+
+def test_a_newer_run_replaces_the_older_record_of_its_seed(tmp_path):
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    write_run(out / "runs", "old", THEANO, 0, 5.0)  # a committed record
+    write_run(runs, "new", THEANO, 0, 2.0)         # a newer run of the same row and seed
+    theano = _row(_make(runs, out, figures=False), "theano-mnist")
+    assert theano["runs"] == "new" and sorted(p.name for p in (out / "runs").iterdir()) == ["new"]
+    import shutil
+
+    shutil.rmtree(runs)  # the records alone now pick the same run
+    assert _row(_make(runs, out, figures=False), "theano-mnist")["runs"] == "new"

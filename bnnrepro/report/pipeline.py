@@ -85,7 +85,8 @@ def _under(path: Path, folder: Path) -> bool:
     return Path(path).resolve().is_relative_to(Path(folder).resolve())
 
 
-def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True, log=None) -> list[Path]:
+def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True, log=None,
+                counted: set[str] = frozenset()) -> list[Path]:
     """Each counted run's record (config, metrics, summary; no checkpoints, no machine paths); a run
     directory of the runs root also gets its own ``curves.png``. A record of the same row and seed
     that is not the counted run (an older duplicate) is removed, so the records alone pick the same
@@ -97,10 +98,10 @@ def export_used(plans: list[list[RowPlan]], records: Path, figures: bool = True,
             if figures and not _under(run.path, records):
                 curves.ensure_run_curves(run.path)
         for stale in plan.duplicates:
-            if _under(stale.path, records) and stale.id not in {r.id for r in plan.runs.values()}:
+            if _under(stale.path, records) and stale.id not in counted and stale.path.is_dir():
                 shutil.rmtree(stale.path)
-                print(f"bnnrepro table: record {stale.id} replaced by the newer run of seed {stale.seed}",
-                      file=log or sys.stderr)
+                print(f"bnnrepro table: record {stale.id} replaced by the newer run of seed {stale.seed} "
+                      "(rebuild the other targets too: `bnnrepro table all`)", file=log or sys.stderr)
     return written
 
 
@@ -160,7 +161,7 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
             notes = tables.local_notes(plan, counted)
             if notes:
                 outcome.notes[(table.name, plan.row.id)] = notes
-    export_used(plans, records, figures, log)
+    export_used(plans, records, figures, log, counted)
     live = _live(found)
     recorded = scan_records(records)
     plans = _plans(targets, scale, seeds, recorded, composer, check_data, has_cuda, allow_dirty)
