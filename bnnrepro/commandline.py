@@ -340,7 +340,7 @@ def train_help() -> str:
              "  --cfg hydra      print Hydra's config (with --package hydra.launcher: a launcher preset)",
              "  --hydra-help     Hydra's own --help", "",
              "config groups (group=option; paper and experiment with +):"]
-    lines += [f"  {group:<15} {', '.join(opts)}" for group, opts in groups.items() if group != "tables"]
+    lines += [f"  {group:<15} {', '.join(opts)}" for group, opts in groups.items()]
     lines += ["", "examples:", "  bnnrepro train +paper=bnn scale=quick",
               "  bnnrepro train +paper=dorefa quant.w_bits=1 quant.a_bits=2 quant.g_bits=6",
               "  bnnrepro train -m +paper=bnn scale=smoke seed=0,1,2",
@@ -459,7 +459,7 @@ def _train_candidates(word: str) -> list[str]:
             values = []
         return [f"{prefix}{key}={v}" for v in values]
     defaults = _defaults_groups()
-    out = [f"{'' if g in defaults or g.startswith('hydra/') else '+'}{g}=" for g in groups if g != "tables"]
+    out = [f"{'' if g in defaults or g.startswith('hydra/') else '+'}{g}=" for g in groups]
     # paper/experiment are labels the presets set: +paper= picks the preset
     out += [f"{k}=" for k, status in schema_keys().items() if status == "leaf" and k not in groups]
     if prefix:

@@ -34,12 +34,9 @@ def _is_artifact(path: Path) -> bool:
 
 def load_torch(source: str, which: str = "best"):
     """``(model, cfg, input_shape)`` of a run directory or checkpoint (eval mode, weights_only)."""
-    from .. import runs
-    from ..train import load_model
+    from ..train import load_trained
 
-    model, cfg = load_model(source, which=which)
-    state = runs.load_checkpoint(runs.resolve_checkpoint(source, which))
-    return model, cfg, tuple(state["input_shape"])
+    return load_trained(source, which=which)
 
 
 def _check_preprocessing(cfg) -> None:

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from ..runs import Run, code_label
+from ..runs import Run
 
 
 def to_frame(runs: list[Run]) -> pd.DataFrame:
     """One line per completed run: what the tables aggregate."""
     rows = []
     for r in runs:
-        s, code = r.summary, r.summary["code_version"]
+        s = r.summary
         q = s.get("quantizer") or {}
         rows.append({
             "run_id": r.id, "path": str(r.path), "seed": s["seed"], "scale": s["scale"],
@@ -18,7 +18,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "best_epoch": s.get("best_epoch"), "final_test_error": s.get("final_test_error"),
             "test_perplexity": s.get("test_perplexity"),
             "epochs_done": s["epochs_done"], "epochs": s.get("epochs"), "wall_time_s": float(s["wall_time_s"]),
-            "code_version": code_label(code), "experiment": s.get("experiment"), "paper": s.get("paper"),
+            "code_version": r.code, "experiment": s.get("experiment"), "paper": s.get("paper"),
             "dataset": s.get("dataset"), "model": s.get("model"), "w_bits": q.get("w_bits"),
             "a_bits": q.get("a_bits"), "g_bits": q.get("g_bits"),
         })

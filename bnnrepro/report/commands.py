@@ -118,14 +118,12 @@ def _from_preset(overrides: list[str]):
 
 def _from_run(path: str, which: str):
     from .. import runs
-    from ..train import load_model
+    from ..train import load_trained
 
-    ckpt = runs.resolve_checkpoint(path, which)
-    state = runs.load_checkpoint(ckpt)
-    model, cfg = load_model(path, which=which)
+    model, cfg, shape = load_trained(path, which=which)
     title = (f"{cfg.get('experiment') or cfg.get('paper') or cfg.model.name}: {cfg.model.name} on "
-             f"{cfg.data.name}, scale={cfg.scale.name}, seed {cfg.seed} ({ckpt})")
-    return model.eval(), cfg, tuple(state["input_shape"]), title
+             f"{cfg.data.name}, scale={cfg.scale.name}, seed {cfg.seed} ({runs.resolve_checkpoint(path, which)})")
+    return model, cfg, shape, title
 
 
 def summary_main(argv: list[str]) -> int:

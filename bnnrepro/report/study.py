@@ -37,11 +37,11 @@ def _options(study: Study, sweep: Sweep) -> dict:
             "draws": study.draws, "seed": 0, "which": "best"}
 
 
-def _sweep_options(options: dict, threads_progress: bool = False):
+def _sweep_options(options: dict):
     from ..robustness import SweepOptions
 
     return SweepOptions(draws=options["draws"], seed=options["seed"], weights=options["weights"],
-                        bn_recalibrate=options["bn_recalibrate"], which=options["which"], progress=threads_progress)
+                        bn_recalibrate=options["bn_recalibrate"], which=options["which"], progress=False)
 
 
 def record_paths(records: Path, run_id: str, sweep_id: str) -> tuple[Path, Path]:

@@ -139,10 +139,10 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
     row, decimals = plan.row, DECIMALS[table.unit]
     used = [plan.runs[s] for s in sorted(plan.runs)]
     frame = to_frame(used)
-    values = (convert(table, frame) if used else pd.Series(dtype=float)).dropna()
-    n = int(values.size)
-    mean = float(values.mean()) if n else math.nan
-    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    results = pd.Series(values(table, plan), dtype=float)
+    n = int(results.size)
+    mean = float(results.mean()) if n else math.nan
+    std = float(results.std(ddof=1)) if n > 1 else math.nan
     number = row.paper or NO_PAPER
     delta = mean - number.value if n and number.value is not None else math.nan
     field = "test_perplexity" if table.metric == "perplexity" else "test_error"

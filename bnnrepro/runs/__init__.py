@@ -7,7 +7,7 @@ with ``quant``, ``data`` and ``errors``: it imports nothing above them.
 from .checkpoints import load as load_checkpoint, load_resumable, resolve as resolve_checkpoint, save as \
     save_checkpoint, save_last
 from .directory import RUNS_ENV, check_writable, create, default_name, runs_root
-from .files import (BEST, CONFIG, CURVES, LAST, MARKERS, METRICS, PREVIOUS, RECORD_FILES, RUNS_LIST, SUMMARY,
+from .files import (BEST, CONFIG, CURVES, LAST, MARKERS, METRICS, PREVIOUS, RUNS_LIST, SUMMARY,
                     append_line, atomic_write_bytes, commit_file, atomic_write_json, atomic_write_text, read_jsonl)
 from .provenance import code_label, code_version, environment, invocation
 from .record import (Problem, Run, Scan, discover, export, is_run_dir, read_config, read_list, read_run,

@@ -18,8 +18,6 @@ CURVES = "curves.png"
 RUNS_LIST = "runs.txt"
 # the files that make a directory a run (any one of them)
 MARKERS = (CONFIG, SUMMARY, METRICS, LAST, BEST)
-# what a committed run record holds: never checkpoints
-RECORD_FILES = (CONFIG, METRICS, SUMMARY)
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
