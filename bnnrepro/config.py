@@ -57,7 +57,8 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.9               # sgd
     weight_decay: float = 0.0
-    lr_scale: str = "glorot"            # glorot | glorot_pow2 | none  (binary-weight layers only)
+    lr_scale: str = "glorot"            # glorot | glorot_pow2 | none
+    lr_scale_layers: str = "clipping"   # clipping (layers that clip latent weights: BNN) | all quantized layers
     clip_latent: bool = True            # clip latent weights of binary layers to [-1, 1] after each step
 
 
@@ -131,6 +132,7 @@ CHOICES = {
     "optim.schedule": ("exponential", "step", "constant"),
     "scale.schedule": ("truncate", "compress"),
     "optim.lr_scale": ("glorot", "glorot_pow2", "none"),
+    "optim.lr_scale_layers": ("clipping", "all"),
     "train.loss": ("squared_hinge", "cross_entropy"),
     "train.amp": ("none", "bf16"),
     "device": ("cpu", "cuda", "auto"),

@@ -12,15 +12,20 @@ def _pow2(x: float) -> float:
     return 2.0 ** round(math.log2(x))
 
 
-def param_groups(model: nn.Module, lr: float, lr_scale: str) -> list[dict]:
-    """One group per binary-weight layer's weight (lr times its Glorot scale), one for the rest.
+def param_groups(model: nn.Module, lr: float, lr_scale: str, layers: str = "clipping") -> list[dict]:
+    """One group per scaled layer's weight (lr times its Glorot scale), one for the rest.
 
-    BNN scales the step of binary weights only (Theano ``W_LR_scale="Glorot"``); ``glorot_pow2``
+    BNN scales the step of binary weights only (Theano ``W_LR_scale="Glorot"``): ``layers=clipping``,
+    the layers whose quantizer clips latent weights; ``all`` scales every quantized layer's weight
+    (a float net given BNN's optimizer, a controlled baseline for Merolla's claims). ``glorot_pow2``
     rounds the scale to a power of two as BNN's Torch7 code does.
     """
+    if layers not in ("clipping", "all"):
+        raise ValueError(f"optim.lr_scale_layers={layers!r} is unknown; allowed: clipping, all")
     groups, scaled = [], set()
     for name, module in model.named_modules():
-        if isinstance(module, QuantLayer) and module.clips_latent_weights and lr_scale != "none":
+        if isinstance(module, QuantLayer) and lr_scale != "none" and (
+                layers == "all" or module.clips_latent_weights):
             scale = module.glorot_lr_scale()
             if lr_scale == "glorot_pow2":
                 scale = _pow2(scale)
@@ -33,7 +38,7 @@ def param_groups(model: nn.Module, lr: float, lr_scale: str) -> list[dict]:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.lr, cfg.lr_scale)
+    groups = param_groups(model, cfg.lr, cfg.lr_scale, cfg.get("lr_scale_layers", "clipping"))
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                                 weight_decay=cfg.weight_decay)
