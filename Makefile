@@ -9,7 +9,7 @@ export BNNREPRO_DATA ?= $(if $(wildcard $(SHARED_DATA)/MNIST),$(SHARED_DATA),)
 SCALE ?= quick
 SEEDS ?=
 
-.PHONY: setup demo smoke test test-all test-faults bench clean help study-merolla quant-grid
+.PHONY: setup demo smoke test test-all test-faults bench clean help study-merolla quant-grid fashion-mnist bitflip-packed
 
 help:
 	@echo "make setup   create .venv with torch (CPU build without a GPU) and bnnrepro"
@@ -18,7 +18,8 @@ help:
 	@echo "make test-all  every test, slow ones included"
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32 -> results/kernels.md"
-	@echo "make study-merolla   Merolla et al. robustness study on MNIST (bnnrepro table merolla_study: 18 nets + sweeps)"
+	@echo "make study-merolla   Merolla et al. robustness study on MNIST and Fashion-MNIST (bnnrepro table merolla_study: 48 nets + sweeps)"
+	@echo "make bitflip-packed  bit errors in the packed weight bits of BNN MNIST nets (bnnrepro table bitflip_packed)"
 	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
 
@@ -51,8 +52,17 @@ test-faults: setup
 bench: setup
 	$(BIN)/bnnrepro bench --out results
 
-study-merolla: setup
+# Fashion-MNIST from Debian's package (the study's second dataset): installed when missing
+fashion-mnist:
+	@dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || apt-get install -y -qq dataset-fashion-mnist || \
+	  sudo apt-get install -y -qq dataset-fashion-mnist || \
+	  { echo "make: could not install dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"; exit 1; }
+
+study-merolla: setup fashion-mnist
 	$(TABLE) merolla_study
+
+bitflip-packed: setup
+	$(TABLE) bitflip_packed
 
 quant-grid: setup
 	$(TABLE) quant_grid

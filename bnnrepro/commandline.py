@@ -225,7 +225,8 @@ Test-time weight distortion sweeps of trained runs (Merolla et al. 2016).
   bnnrepro robustness --noise additive RUN...                 RUN: run dir, checkpoint, sweep dir, runs.txt
   bnnrepro robustness --noise additive,multiplicative runs/multirun/<stamp>
   bnnrepro robustness --noise power --levels 1,0.5,0.25,0 --draws 1 RUN
-  bnnrepro robustness --claims results/merolla results/merolla/latent --out results/merolla
+  bnnrepro robustness --noise bitflip --weights effective --engine packed RUN   bit errors in the packed net
+  bnnrepro robustness --claims results/merolla/mnist results/merolla/mnist/bn_recalibrated
 
 --noise and --levels take a comma list or several words (--noise additive multiplicative RUN):
 the list ends at the first word that is not a noise name (a number, for --levels)."""
@@ -249,7 +250,7 @@ def robustness_parser(noises: Iterable[str] = (), weights: Iterable[str] = (), s
     p.add_argument("--out", metavar="DIR", help="output folder (default <runs root>/reports/robustness; "
                    "with --claims the first folder)")
     p.add_argument("--draw-seed", type=int, default=0, help="seed of the distortion draws (default 0)")
-    p.add_argument("--weights", default="effective", help="which weights are distorted: " + one_of(weights, "effective"))
+    p.add_argument("--weights", default="hidden", help="which weights are distorted: " + one_of(weights, "hidden"))
     p.add_argument("--sigma-scale", default="std",
                    help="additive sigma is relative to this layer statistic: " + one_of(scale_stats, "std"))
     p.add_argument("--binary-scale", default="rms",
@@ -259,10 +260,13 @@ def robustness_parser(noises: Iterable[str] = (), weights: Iterable[str] = (), s
                         "images (default 0: keep the trained statistics)")
     p.add_argument("--signal", default="variance", help="effective bits' signal power: " + one_of(signals, "variance"))
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
+    p.add_argument("--engine", choices=("torch", "packed"), default="torch",
+                   help="torch (default) or packed: flip the bits of the net packed for the .bnn engine "
+                        "(--noise bitflip --weights effective; W1A1 nets)")
     p.add_argument("--no-figures", action="store_true", help="write no PNG")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--claims", action="store_true",
-                   help="write claims.md from the robustness_<noise>.csv files in the folders given (no sweep)")
+                   help="write claims.md from the robustness_<noise>_draws.csv files in the folders given (no sweep)")
     return p
 
 

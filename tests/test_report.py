@@ -356,7 +356,7 @@ def _plan_with_missing():
 # ---------------------------------------------------------------------------------- CLI
 
 @pytest.mark.parametrize("argv, message", [
-    (["nosuch"], "unknown target 'nosuch'; allowed: bnn, qnn, dorefa, merolla, merolla_study, quant_grid, all"),
+    (["nosuch"], "unknown target 'nosuch'; allowed: bnn, qnn, dorefa, merolla, bitflip_packed, merolla_study, quant_grid, all"),
     (["bnn", "seed=a,b"], "seed='a,b' must be comma-separated integers"),
     (["bnn", "seed=1,1"], "must list distinct non-negative integers"),
     (["bnn", "scale=huge"], "scale='huge': no such option in group `scale` (allowed: paper, quick, smoke)"),

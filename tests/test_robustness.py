@@ -205,30 +205,64 @@ def test_cli_sweep_writes_csv_md_png_and_leaves_checkpoints_untouched(trained, t
     additive = pd.read_csv(out / "robustness_additive.csv")
     bits = additive[additive["level"] == 0.8]["effective_bits"]
     assert bits.to_numpy() == pytest.approx([0.5 * math.log2(1 + 0.8 ** -2)] * 2)
-    # the undistorted level of the effective weights is the trained net: its recorded test error
-    clean = additive[additive["level"] == 0.0]
-    assert (clean["error_mean"] == clean["trained_test_error"]).all()
-    binarize = pd.read_csv(out / "robustness_binarize.csv")
-    sign_full = binarize[(binarize["projection"] == "sign") & (binarize["level"] == 1.0)]
-    assert float(sign_full["error_mean"].iloc[0]) == float(sign_full["clean_error"].iloc[0])
+    # the default sweep distorts the hidden weights: the float net's undistorted level is the trained
+    # net; the sign net's is its real weights, another net
+    clean = additive[additive["level"] == 0.0].set_index("projection")
+    assert clean.loc["none", "error_mean"] == clean.loc["none", "trained_error"] == clean.loc["none", "trained_test_error"]
+    assert clean.loc["sign", "error_mean"] != clean.loc["sign", "trained_error"]
+    assert clean.loc["sign", "trained_error"] == clean.loc["sign", "trained_test_error"]
+    # ... and binarizing them (rms scale) gives back exactly the sign-trained net: a no-op, flagged
+    binarize = pd.read_csv(out / "robustness_binarize.csv").set_index(["projection", "level"])
+    assert binarize.loc[("sign", 1.0), "error_mean"] == binarize.loc[("sign", 1.0), "trained_error"]
+    assert binarize.loc[("sign", 1.0), "noop"] and not binarize.loc[("none", 1.0), "noop"]
     assert commands.main(["--claims", str(out)]) == 0
     claims = (out / "claims.md").read_text()
-    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5."):
+    for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert heading in claims
-    assert "Not tested: no power sweep found." in claims  # a missing sweep says so
+    assert "Not tested: no such sweep." in claims  # a missing sweep (power) says so
+    assert "| sign | 1 | 0 (the trained net itself) | no-op by construction (not counted) |" in claims
     # the same claims wherever written; the CSVs are named relative to claims.md when beside it
     assert write_claims([out], tmp_path / "elsewhere").read_text().replace(f"{out}/", "") == claims
 
 
-def test_sweep_levels_draws_and_latent_weights(trained):
-    opts = SweepOptions(levels=(0.0, 0.5), draws=2, weights="latent", progress=False,
-                        data_root=str(trained["root"]))
+def test_sweep_levels_draws_and_hidden_weights(trained):
+    opts = SweepOptions(levels=(0.0, 0.5), draws=2, progress=False, data_root=str(trained["root"]))
     rows = sweep_run(trained["sign"], ["multiplicative"], opts)
     assert [(r["level"], r["draw"]) for r in rows] == [(0.0, 0), (0.5, 0), (0.5, 1)]
-    # latent weights rescaled to rms 1 and binarized with the rms scale: exactly the sign-trained net
-    opts = SweepOptions(levels=(1.0,), weights="latent", progress=False, data_root=str(trained["root"]))
+    assert {r["weights"] for r in rows} == {"hidden"}
+    # hidden weights rescaled to rms 1 and binarized with the rms scale: exactly the sign-trained net
+    opts = SweepOptions(levels=(1.0,), progress=False, data_root=str(trained["root"]))
     (row,) = sweep_run(trained["sign"], ["binarize"], opts)
-    assert row["error"] == row["trained_test_error"]
+    assert row["error"] == row["trained_test_error"] == row["trained_error"] and row["noop"]
+
+
+def test_the_default_sweep_touches_the_hidden_weights_and_flags_no_ops(trained):
+    """A sign-trained net: power at beta = 1 of its hidden weights is the net computing with its
+    real weights, not its clean (trained) error; binarizing its effective weights is the identity,
+    flagged as a no-op by construction (and never so for the float net)."""
+    base = dict(progress=False, data_root=str(trained["root"]))
+    (power,) = sweep_run(trained["sign"], ["power"], SweepOptions(levels=(1.0,), **base))
+    assert power["weights"] == "hidden" and not power["noop"]
+    assert power["error"] != power["trained_error"]
+    rows = sweep_run(trained["sign"], ["binarize"], SweepOptions(levels=(0.5, 1.0), draws=2, weights="effective",
+                                                                 **base))
+    assert all(r["noop"] and r["error"] == r["trained_error"] for r in rows)
+    assert all(math.isinf(r["effective_bits"]) for r in rows)  # no quantization error at all
+    rows = sweep_run(trained["none"], ["binarize"], SweepOptions(levels=(1.0,), weights="effective", **base))
+    assert not rows[0]["noop"] and 0 < rows[0]["effective_bits"] < 5
+
+
+def test_bitflip_at_zero_is_the_clean_net_and_flips_the_asked_fraction(trained):
+    w = torch.randn(400, 500)
+    flipped = DISTORTIONS["bitflip"].apply(w, 0.1, _gen(), OPTS)
+    changed = (flipped != w)
+    assert torch.equal(flipped.abs(), w.abs()) and torch.equal(flipped[changed], -w[changed])
+    assert abs(changed.float().mean().item() - 0.1) < 0.005
+    assert torch.equal(DISTORTIONS["bitflip"].apply(w, 0.0, _gen(), OPTS), w)
+    # p = 0 on the effective weights: the trained net's predictions exactly
+    opts = SweepOptions(levels=(0.0,), weights="effective", progress=False, data_root=str(trained["root"]))
+    (row,) = sweep_run(trained["sign"], ["bitflip"], opts)
+    assert row["error"] == row["trained_error"] and row["noop"]
 
 
 def test_bn_recalibration_is_the_average_of_batch_statistics():
@@ -303,7 +337,7 @@ def _run_dir_without_checkpoint(tmp_path):
     (["--levels", "0.5"], "--noise is required"),
     (["--noise", "additive"], "no runs given"),
     (["--noise", "additive", "--draws", "0"], "--draws 0 must be a positive integer"),
-    (["--noise", "additive", "--weights", "binary"], "--weights 'binary' is unknown; allowed: effective"),
+    (["--noise", "additive", "--weights", "binary"], "--weights 'binary' is unknown; allowed: hidden, effective"),
     (["--noise", "additive", "--sigma-scale", "var"], "sigma scale 'var' is unknown; allowed: std"),
     (["--noise", "additive", "--bogus"], "unrecognized arguments: --bogus"),
     (["--noise", "additive", "/nonexistent/run"], "/nonexistent/run: no such run directory"),
@@ -340,17 +374,59 @@ def test_unwritable_output_fails_before_the_sweep(tmp_path, capsys, no_loading):
     assert code == 2 and "is not writable" in err and str(blocker / "out") in err
 
 
-def test_claims_measure_a_latent_sweep_from_the_trained_nets_error(tmp_path):
-    """A sign-trained net's latent weights alone are a worse net (the undistorted level of a latent
-    power sweep); its excess error is measured from the trained net's error, not from that."""
-    from bnnrepro.robustness.claims import excess_by_run, load_results
+def _draws(projection, run, excess, noise="additive", levels=(0.5, 1.0), trained=2.0, noop=False,
+           weights="hidden"):
+    return [{"run": run, "projection": projection, "dataset": "mnist", "scale": "quick", "noise": noise,
+             "weights": weights, "bn_recalibrate": 0, "level": level, "draw": d, "trained_error": trained,
+             "clean_error": trained, "error": trained + excess + 0.1 * d, "noop": noop, "effective_bits": 1.0,
+             "source": "x.csv"}
+            for level in (0.0, *levels) for d in range(1 if level == 0 else 3)]
 
-    rows = [{"run": "r", "projection": "sign", "noise": "power", "weights": weights, "level": level,
-             "error_mean": err, "clean_error": clean, "trained_test_error": 1.5, "bn_recalibrate": 0}
-            for weights, clean, curve in (("latent", 30.0, ((1.0, 30.0), (0.5, 10.0), (0.0, 1.5))),
-                                          ("effective", 1.5, ((1.0, 1.5), (0.5, 1.5), (0.0, 1.5))))
-            for level, err in curve]
-    pd.DataFrame(rows).to_csv(tmp_path / "robustness_power.csv", index=False)
-    excess = excess_by_run(load_results([tmp_path])).set_index("mode")["excess"]
-    assert excess["--weights latent"] == pytest.approx(((10.0 - 1.5) + (1.5 - 1.5)) / 2)
-    assert excess["--weights effective"] == 0.0
+
+def test_claims_verdicts_follow_the_interval_and_never_count_no_ops():
+    from bnnrepro.robustness.claims import claims_markdown
+
+    rows = []
+    for seed in range(3):
+        rows += _draws("none+scaled", f"b{seed}", 10.0 + seed)
+        rows += _draws("sign", f"s{seed}", 4.0 + seed)                 # clearly less: holds
+        rows += _draws("power", f"p{seed}", 9.0 + 2 * seed)            # overlapping: not shown
+        rows += _draws("stochastic_binary", f"q{seed}", 20.0 + seed)   # clearly more: contradicted
+        rows += _draws("sign", f"s{seed}", 0.0, noise="binarize", levels=(1.0,), noop=True, weights="effective")
+        rows += _draws("none+scaled", f"b{seed}", 30.0, noise="binarize", levels=(1.0,), weights="effective")
+    md = claims_markdown(pd.DataFrame(rows))
+    section = md.split("## 1.")[1].split("## 2.")[0]
+    line = {p: next(l for l in section.splitlines() if l.startswith(f"| {p} vs none+scaled"))
+            for p in ("sign", "power", "stochastic_binary")}
+    assert line["sign"].endswith("| **holds** |")
+    assert line["power"].endswith("| not shown |")
+    assert line["stochastic_binary"].endswith("| **contradicted** |")
+    assert "holds for 1 of 3 comparisons, contradicted by 1" in section
+    binarize = md.split("## 3.")[1].split("## 4.")[0]
+    assert "| sign | 3 | 0 (the trained net itself) | no-op by construction (not counted) |" in binarize
+    assert claims_markdown(pd.DataFrame(rows)) == md  # the bootstrap is seeded by its key: same file
+
+
+def test_claims_need_three_nets_a_side():
+    from bnnrepro.robustness.claims import claims_markdown
+
+    rows = _draws("none+scaled", "b0", 10.0) + _draws("sign", "s0", 1.0) + _draws("sign", "s1", 1.5)
+    section = claims_markdown(pd.DataFrame(rows)).split("## 1.")[1].split("## 2.")[0]
+    assert "| sign vs none+scaled |" in section and "not shown (n < 3)" in section
+    assert "**holds**" not in section
+
+
+def test_bootstrap_intervals_cover_the_mean_and_shrink_with_agreement():
+    import numpy as np
+
+    from bnnrepro.robustness import statistics as st
+
+    spread = [{1.0: np.array([x, x + 1.0])} for x in (0.0, 5.0, 10.0)]
+    tight = [{1.0: np.array([x, x + 0.01])} for x in (5.0, 5.01, 5.02)]
+    a, b = st.curve_interval(spread, "k"), st.curve_interval(tight, "k")
+    assert a.low <= a.mean <= a.high and b.low <= b.mean <= b.high
+    assert (a.high - a.low) > 50 * (b.high - b.low)
+    assert st.curve_interval(spread, "k") == a  # seeded by the key
+    diff = st.curve_difference(tight, [{1.0: np.array([0.0, 0.01])}] * 3, "d")
+    assert diff.excludes_zero() and diff.mean == pytest.approx(5.015 - 0.005)
+    assert st.crossing(np.array([0.0, 0.1, 0.3]), np.array([0.0, 1.0, 3.0]), 2.0) == pytest.approx(0.2)

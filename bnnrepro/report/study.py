@@ -33,15 +33,22 @@ class StudyOutcome:
 
 
 def _options(study: Study, sweep: Sweep) -> dict:
-    return {"noises": list(sweep.noises), "weights": sweep.weights, "bn_recalibrate": sweep.bn_recalibrate,
-            "draws": study.draws, "seed": 0, "which": "best"}
+    options = {"noises": list(sweep.noises), "weights": sweep.weights, "bn_recalibrate": sweep.bn_recalibrate,
+               "draws": study.draws, "seed": 0, "which": "best"}
+    if sweep.engine != "torch":
+        options["engine"] = sweep.engine
+    if sweep.levels:
+        options["levels"] = {noise: list(levels) for noise, levels in sweep.levels}
+    return options
 
 
 def _sweep_options(options: dict):
     from ..robustness import SweepOptions
 
     return SweepOptions(draws=options["draws"], seed=options["seed"], weights=options["weights"],
-                        bn_recalibrate=options["bn_recalibrate"], which=options["which"], progress=False)
+                        bn_recalibrate=options["bn_recalibrate"], which=options["which"], progress=False,
+                        engine=options.get("engine", "torch"),
+                        levels={k: tuple(v) for k, v in options["levels"].items()} if options.get("levels") else None)
 
 
 def record_paths(records: Path, run_id: str, sweep_id: str) -> tuple[Path, Path]:
@@ -123,7 +130,7 @@ def write_outputs(study: Study, plans: list[RowPlan], records: Path, out_dir: Pa
 
     outcome = outcome or StudyOutcome()
     root = Path(out_dir) / study.output
-    dirs = []
+    every: dict[str, list[pd.DataFrame]] = {}  # folder -> the draws of all its sweeps, for the claims
     for sweep in study.sweeps:
         options = _options(study, sweep)
         frames = []
@@ -135,10 +142,14 @@ def write_outputs(study: Study, plans: list[RowPlan], records: Path, out_dir: Pa
         if not frames:
             continue
         draws = pd.concat(frames, ignore_index=True)
-        folder = root / sweep.out
-        outcome.written += write_noise_outputs(draws.to_dict("records"), list(sweep.noises), folder,
-                                               _sweep_options(options), command=command)
-        dirs.append(folder)
-    if dirs:
-        outcome.written.append(write_claims(dirs, root))
+        groups = draws.groupby("dataset", sort=True) if study.split_by == "dataset" else [(None, draws)]
+        for dataset, part in groups:
+            base = root / dataset if dataset is not None else root
+            outcome.written += write_noise_outputs(part.to_dict("records"), list(sweep.noises), base / sweep.out,
+                                                   _sweep_options(options), command=command)
+            files = part["noise"].map(lambda n: (Path(sweep.out) / f"robustness_{n}_draws.csv").as_posix())
+            every.setdefault(str(base), []).append(part.assign(source=files))
+    if study.claims:
+        for base, parts in every.items():
+            outcome.written.append(write_claims([], Path(base), draws=pd.concat(parts, ignore_index=True)))
     return outcome

@@ -119,9 +119,11 @@ class Table:
 class Sweep:
     id: str
     noises: tuple[str, ...]
-    weights: str = "effective"
+    weights: str = "hidden"
     bn_recalibrate: int = 0
     out: str = "."             # folder under the study's output
+    engine: str = "torch"      # torch | packed (bitflip of a W1A1 net's packed weight bits)
+    levels: tuple[tuple[str, tuple[float, ...]], ...] = ()  # per noise; a noise not named: its defaults
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,8 @@ class Study:
     output: str                # <out>/<output>/: per-noise CSV/MD/PNG of each sweep, claims.md
     draws: int
     sweeps: tuple[Sweep, ...]
+    split_by: str | None = None  # dataset: one folder <output>/<dataset>/ per dataset
+    claims: bool = True          # write claims.md (Merolla et al.'s claims checked)
 
 
 @dataclass(frozen=True)
@@ -283,11 +287,27 @@ def _study(raw: Any, where: str) -> Study | None:
         bn = s.get("bn_recalibrate", 0)
         if isinstance(bn, bool) or not isinstance(bn, int) or bn < 0:
             raise TargetsError(f"{ssw}: bn_recalibrate must be an integer >= 0")
-        sweeps.append(Sweep(sid, noises, str(s.get("weights", "effective")), bn, str(s.get("out", "."))))
+        engine = str(s.get("engine", "torch"))
+        if engine not in ("torch", "packed"):
+            raise TargetsError(f"{ssw}: engine {engine!r} is unknown; allowed: torch, packed")
+        levels = s.get("levels") or {}
+        if not isinstance(levels, dict) or not all(
+                k in noises and isinstance(v, list) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool)
+                                                                  for x in v) for k, v in levels.items()):
+            raise TargetsError(f"{ssw}: levels must map some of its noises ({', '.join(noises)}) to lists of numbers")
+        levels = tuple((k, tuple(float(x) for x in v)) for k, v in levels.items())
+        sweeps.append(Sweep(sid, noises, str(s.get("weights", "hidden")), bn, str(s.get("out", ".")), engine,
+                            levels))
     draws = raw.get("draws", 5)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise TargetsError(f"{sw}: draws must be a positive integer")
-    return Study(_need(raw, "output", sw), draws, tuple(sweeps))
+    split_by = raw.get("split_by")
+    if split_by not in (None, "dataset"):
+        raise TargetsError(f"{sw}: split_by {split_by!r} is unknown; allowed: dataset (or leave it out)")
+    claims = raw.get("claims", True)
+    if not isinstance(claims, bool):
+        raise TargetsError(f"{sw}: claims must be true or false")
+    return Study(_need(raw, "output", sw), draws, tuple(sweeps), split_by, claims)
 
 
 def parse(raw: Any, where: str = "<targets>") -> Targets:

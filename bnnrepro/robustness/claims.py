@@ -1,6 +1,19 @@
-"""Check Merolla et al.'s claims against finished sweeps (the robustness_<noise>.csv files of one or
-more output folders) and write them as ``claims.md``. Nothing here is hand-typed: every number is
-computed from the CSVs, and a claim whose sweep is missing says so."""
+"""Check Merolla et al.'s claims against finished sweeps and write them as ``claims.md``, one per
+dataset. Nothing here is hand-typed: every number is computed from the draws
+(``robustness_<noise>_draws.csv``), and a claim whose sweep or nets are missing says so.
+
+* Every comparison rests on a named pair of training treatments that differ in one thing
+  (:data:`PAIRS`), e.g. ``sign`` vs ``none+scaled``: the same U(-1, 1) init and Glorot LR scale,
+  only the projection differs.
+* What a distortion costs a net is its **excess error**, the distorted error minus the trained net's
+  own test error (``trained_error``); a curve's excess is its mean over the distorted levels.
+* A draw that is a no-op by construction (the distorted net computes with exactly the trained
+  net's weights, e.g. binarizing a sign-trained net's effective weights) is never counted; a curve
+  made only of such draws is reported as "no-op by construction".
+* Intervals: two-level bootstrap (seeds, then draws), 95 %, :mod:`.statistics`. A claim **holds**
+  when the interval of its difference excludes zero in the claimed direction, is **contradicted**
+  when it excludes zero the other way, and is **not shown** otherwise.
+"""
 from __future__ import annotations
 
 import math
@@ -9,200 +22,305 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import statistics as st
 from .distortions import DISTORTIONS
-from .report import fmt_bits, fmt_level, markdown_table, ordered_projections, tolerance_level
+from .effective_bits import DEFINITION as BITS_DEFINITION
+from .report import fmt_bits, markdown_table, ordered_projections, tolerance_level
 
 TOLERANCE = 1.0  # points of test error
+MIN_SEEDS = 3    # a verdict needs at least this many nets on each side (a bootstrap of 1-2 seeds is no interval)
+FLOAT = "none"
+FLOAT_SCALED = "none+scaled"
+PROJECTIONS = ("sign", "stochastic_binary", "power", "stochastic_projection")
+SAME_SETTINGS = "same U(-1, 1) init and Glorot LR scale"
+# (challenger, baseline, what differs): the challenger is claimed to degrade less
+PAIRS = {
+    "projection": [(p, FLOAT_SCALED, f"{SAME_SETTINGS}; only the projection (with its latent clipping) differs")
+                   for p in PROJECTIONS],
+    "clipping": [("clip", FLOAT_SCALED, f"{SAME_SETTINGS}; only the clipping differs"),
+                 ("clip+plain", FLOAT, "same Glorot init, no LR scale; only the clipping differs")],
+    "settings": [(FLOAT_SCALED, FLOAT, "both unprojected; only init and LR scale differ")],
+}
 
 
-def load_results(dirs: list[Path], relative_to: Path | None = None) -> pd.DataFrame:
+def mode_of(weights: str, bn: int) -> str:
+    return f"--weights {weights}" + (f" --bn-recalibrate {bn}" if bn else "")
+
+
+def load_draws(dirs: list[Path], relative_to: Path | None = None) -> pd.DataFrame:
     frames = []
     for d in dirs:
-        for path in sorted(Path(d).glob("robustness_*.csv")):
-            if path.name.endswith("_draws.csv"):
-                continue
+        for path in sorted(Path(d).glob("robustness_*_draws.csv")):
             frame = pd.read_csv(path)
             frame["source"] = (path.relative_to(relative_to).as_posix()
                                if relative_to is not None and path.is_relative_to(relative_to) else str(path))
             frames.append(frame)
     if not frames:
-        raise FileNotFoundError(f"no robustness_<noise>.csv in {', '.join(map(str, dirs))}")
-    df = pd.concat(frames, ignore_index=True)
+        raise FileNotFoundError(f"no robustness_<noise>_draws.csv in {', '.join(map(str, dirs))}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def prepare(draws: pd.DataFrame) -> pd.DataFrame:
+    df = draws.copy()
     bn = df["bn_recalibrate"].fillna(0).astype(int) if "bn_recalibrate" in df else pd.Series(0, index=df.index)
-    # the sweep's setting, as the command-line flags that chose it
-    df["mode"] = "--weights " + df["weights"] + bn.map(lambda n: f" --bn-recalibrate {n}" if n else "")
-    # What a distorted error is compared with. A `latent` sweep's undistorted level is the net
-    # computing with its real weights, which is not the net that was trained when the training
-    # projection is not the identity (a sign-trained net's latent weights alone give ~30% error):
-    # there, the reference is the trained net's own test error.
-    latent = df["weights"] == "latent"
-    if "trained_test_error" in df:
-        df["reference_error"] = df["clean_error"].where(~latent, df["trained_test_error"])
-    else:
-        df["reference_error"] = df["clean_error"]
+    df["mode"] = [mode_of(w, b) for w, b in zip(df["weights"], bn)]
+    reference = df["trained_error"] if "trained_error" in df else df["clean_error"]
+    df["excess"] = df["error"] - reference
+    df["noop"] = df["noop"].astype(bool) if "noop" in df else False
     return df
 
 
-def excess_by_run(df: pd.DataFrame) -> pd.DataFrame:
-    """Per run: the mean over the distorted levels of (error - reference error), in points: the area
-    between its curve and its clean error (`latent` sweeps: the trained net's error), per level."""
-    distort = df[df.apply(lambda r: r["level"] != DISTORTIONS[r["noise"]].identity_level, axis=1)]
-    out = distort.assign(excess=distort["error_mean"] - distort["reference_error"])
-    return out.groupby(["mode", "noise", "projection", "run"], as_index=False)["excess"].mean()
+class Curves:
+    """The draws of one dataset, grouped for the statistics: per (mode, noise, projection), per run,
+    level -> draw excesses, no-ops dropped (``identity``: keep the undistorted level too, whatever it is)."""
+
+    def __init__(self, df: pd.DataFrame):
+        self.df = df
+        self._cache: dict = {}
+
+    def runs(self, mode: str, noise: str, projection: str, identity: bool = False,
+             levels: tuple[float, ...] | None = None) -> st.Runs:
+        key = (mode, noise, projection, identity, levels)
+        if key not in self._cache:
+            d = DISTORTIONS[noise]
+            at_identity = self.df["level"] == d.identity_level
+            keep = (~self.df["noop"] | at_identity) if identity else (~self.df["noop"] & ~at_identity)
+            sub = self.df[(self.df["mode"] == mode) & (self.df["noise"] == noise)
+                          & (self.df["projection"] == projection) & keep]
+            if levels is not None:
+                sub = sub[sub["level"].isin(levels)]
+            out = []
+            for _, g in sub.groupby("run", sort=True):
+                out.append({float(level): h["excess"].to_numpy(float) for level, h in g.groupby("level")})
+            self._cache[key] = out
+        return self._cache[key]
+
+    def noop_only(self, mode: str, noise: str, projection: str, levels: tuple[float, ...] | None = None) -> bool:
+        d = DISTORTIONS[noise]
+        sub = self.df[(self.df["mode"] == mode) & (self.df["noise"] == noise)
+                      & (self.df["projection"] == projection) & (self.df["level"] != d.identity_level)]
+        if levels is not None:
+            sub = sub[sub["level"].isin(levels)]
+        return len(sub) > 0 and bool(sub["noop"].all())
+
+    def seeds(self, mode: str, noise: str, projection: str) -> int:
+        sub = self.df[(self.df["mode"] == mode) & (self.df["noise"] == noise) & (self.df["projection"] == projection)]
+        return int(sub["run"].nunique())
+
+    def modes(self, noise: str) -> list[str]:
+        return sorted(self.df.loc[self.df["noise"] == noise, "mode"].unique(), key=_mode_order)
+
+    def projections(self) -> list[str]:
+        return ordered_projections(self.df["projection"])
 
 
-def excess_table(df: pd.DataFrame, noise: str, mode: str) -> tuple[str, dict]:
-    runs = excess_by_run(df[(df["noise"] == noise) & (df["mode"] == mode)])
-    stats = {}
-    for projection, g in runs.groupby("projection"):
-        stats[projection] = (float(g["excess"].mean()), float(g["excess"].std(ddof=1)) if len(g) > 1 else 0.0,
-                             len(g))
-    rows = [[p, f"{stats[p][0]:.2f} ± {stats[p][1]:.2f}", stats[p][2]] for p in ordered_projections(stats)]
-    return markdown_table(["training projection", "mean excess error (points)", "seeds"], rows), stats
+def _mode_order(mode: str):
+    return ("effective" in mode, "bn-recalibrate" in mode, mode)
 
 
-def _verdict(flag: bool | None) -> str:
-    return {True: "**holds**", False: "**does not hold**", None: "**not tested**"}[flag]
+def verdict(diff: st.Interval) -> str:
+    """The challenger degrades less when the difference (challenger - baseline) is below zero."""
+    if math.isnan(diff.mean) or math.isnan(diff.low):
+        return "not tested"
+    if diff.high < 0:
+        return "**holds**"
+    if diff.low > 0:
+        return "**contradicted**"
+    return "not shown"
 
 
-def _compare(stats: dict, challenger: str, baseline: str = "none") -> str:
-    if challenger not in stats or baseline not in stats:
-        return f"{challenger} vs {baseline}: not both swept"
-    (m, s, _), (m0, s0, _) = stats[challenger], stats[baseline]
-    spread = math.hypot(s, s0)
-    clear = "" if abs(m - m0) > spread else " (within the seed spread)"
-    word = "less" if m < m0 else "more"
-    return f"{challenger} degrades {word} than {baseline}: {m:.2f} vs {m0:.2f} points{clear}"
-
-
-def _modes(df: pd.DataFrame, noise: str) -> list[str]:
-    return sorted(df.loc[df["noise"] == noise, "mode"].unique())
-
-
-def claims_markdown(df: pd.DataFrame) -> str:
-    lines = ["# Merolla et al. (2016): do the claims hold here?", "",
-             f"Computed from: {', '.join(sorted(df['source'].unique()))}.",
-             f"Datasets: {', '.join(sorted(df['dataset'].unique()))}; scale: "
-             f"{', '.join(sorted(df['scale'].unique()))}; seeds per projection: see the tables.",
-             "'Mean excess error' is a run's mean over the distorted levels of (error - its clean error); "
-             "mean ± std over seeds.", ""]
-    # 1 and 2: projected / clipped nets degrade less than unprojected ones under noise
-    lines += ["## 1. Nets trained with a projection degrade less under noise than unprojected nets", ""]
-    any_noise = False
-    clip_lines = []
-    for noise in ("additive", "multiplicative"):
-        for mode in _modes(df, noise):
-            any_noise = True
-            table, stats = excess_table(df, noise, mode)
-            others = [p for p in ordered_projections(stats) if p != "none"]
-            better = [p for p in others if "none" in stats and stats[p][0] < stats["none"][0]]
-            flag = None if "none" not in stats or not others else len(better) == len(others)
-            lines += [f"### {noise} noise (`{mode}`): {_verdict(flag)} for "
-                      f"{len(better)} of {len(others)} projections", "", table, ""]
-            lines += [f"* {_compare(stats, p)}" for p in others] + [""]
-            if "clip" in stats and "none" in stats:
-                clip_lines.append(f"* {noise} (`{mode}`): {_verdict(stats['clip'][0] < stats['none'][0])}: "
-                                  f"{_compare(stats, 'clip')}")
-    if not any_noise:
-        lines += ["Not tested: no additive or multiplicative sweep found.", ""]
-    lines += ["## 2. Clipping alone confers robustness (clip vs none)", ""]
-    lines += clip_lines or ["Not tested: needs runs trained with `clip` and with `none`."]
-    for noise in ("binarize", "power", "clip"):
-        for mode in _modes(df, noise):
-            table, stats = excess_table(df, noise, mode)
-            if "clip" in stats and "none" in stats:
-                lines.append(f"* {noise} distortion (`{mode}`): {_compare(stats, 'clip')}")
-    lines.append("")
-    # 3: binarizing sign / stochastic-sign trained nets costs little
-    lines += ["## 3. Binarizing a net trained with sign / stochastic projections costs little", "",
-              "Binarize at p = 1 (every weight sign(W) times the layer scale). 'Cost' is the binarized "
-              "error minus the net's own clean error; 'vs float' minus the clean error of the nets "
-              "trained with no projection (`none`), what a binary net costs against a float one.", ""]
-    found = False
-    for mode in _modes(df, "binarize"):
-        sub = df[(df["noise"] == "binarize") & (df["mode"] == mode) & (df["level"] == 1.0)]
-        if sub.empty:
+def pair_rows(curves: Curves, mode: str, noise: str, pairs, dataset: str, levels=None) -> list[list]:
+    rows = []
+    for challenger, baseline, differs in pairs:
+        a = curves.runs(mode, noise, challenger, levels=levels)
+        b = curves.runs(mode, noise, baseline, levels=levels)
+        if curves.noop_only(mode, noise, challenger, levels) or curves.noop_only(mode, noise, baseline, levels):
+            rows.append([f"{challenger} vs {baseline}", differs, "–", "–", "–", "no-op by construction (not counted)"])
             continue
-        found = True
-        sub = sub.assign(cost=sub["error_mean"] - sub["reference_error"])
-        float_clean = (float(sub.loc[sub["projection"] == "none", "reference_error"].mean())
-                       if (sub["projection"] == "none").any() else math.nan)
-        rows, costs = [], {}
-        for p in ordered_projections(sub["projection"]):
-            g = sub[sub["projection"] == p]
-            costs[p] = float(g["cost"].mean())
-            spread = float(g["cost"].std(ddof=1)) if len(g) > 1 else 0.0
-            vs_float = "–" if math.isnan(float_clean) else f"{g['error_mean'].mean() - float_clean:+.2f}"
-            rows.append([p, f"{g['reference_error'].mean():.2f}", f"{g['error_mean'].mean():.2f}",
-                         f"{costs[p]:+.2f} ± {spread:.2f}", vs_float, len(g)])
-        binary = [p for p in ("sign", "stochastic_binary", "stochastic_sign") if p in costs]
-        flag = all(costs[p] <= TOLERANCE for p in binary) if binary else None
-        note = (" With `effective` weights a sign-trained net already computes with sign(w) (its cost is "
-                "0 by construction); the `latent` sweep starts from its real weights instead."
-                if mode == "--weights effective" else
-                " Clean error here: the trained net's own test error (its latent weights alone may do worse)."
-                if mode.startswith("--weights latent") else "")
-        lines += [f"### `{mode}`: {_verdict(flag)} (cost <= {TOLERANCE:g} point for "
-                  f"{', '.join(binary) or 'no sign-trained runs'}).{note}", "",
-                  markdown_table(["training projection", "clean error (%)", "binarized (p = 1) (%)",
-                                  "cost (points)", "vs float (points)", "seeds"], rows), ""]
-    if not found:
-        lines += ["Not tested: no binarize sweep with level 1.", ""]
-    # 4: effective bits at which the error stays within 1 point of clean
-    lines += [f"## 4. Effective bits at which the error stays within {TOLERANCE:g} point of clean "
-              "(additive noise)", ""]
+        if not a or not b:
+            rows.append([f"{challenger} vs {baseline}", differs, f"{len(a)}, {len(b)}", "–", "–",
+                         "not tested (nets missing)"])
+            continue
+        ia = st.curve_interval(a, dataset, mode, noise, challenger, levels)
+        ib = st.curve_interval(b, dataset, mode, noise, baseline, levels)
+        diff = st.curve_difference(a, b, dataset, mode, noise, challenger, baseline, levels)
+        enough = min(len(a), len(b)) >= MIN_SEEDS
+        rows.append([f"{challenger} vs {baseline}", differs, f"{len(a)}, {len(b)}",
+                     f"{ia.mean:.2f} vs {ib.mean:.2f}", diff.text(),
+                     verdict(diff) if enough else f"not shown (n < {MIN_SEEDS})"])
+    return rows
+
+
+PAIR_HEADER = ["comparison (challenger vs baseline)", "what differs", "n (seeds)",
+               "mean excess error (points)", "difference, 95% CI", "verdict"]
+
+
+def tally(rows: list[list]) -> str:
+    verdicts = [r[-1] for r in rows]
+    counted = [v for v in verdicts if v in ("**holds**", "**contradicted**") or v.startswith("not shown")]
+    held = sum(v == "**holds**" for v in counted)
+    against = sum(v == "**contradicted**" for v in counted)
+    if not counted:
+        return "not tested"
+    return f"holds for {held} of {len(counted)} comparisons" + (f", contradicted by {against}" if against else "")
+
+
+def _definitions(df: pd.DataFrame) -> list[str]:
+    return [
+        f"Computed from: {', '.join(sorted(df['source'].unique()))}.",
+        f"Dataset: {', '.join(sorted(df['dataset'].unique()))}; scale: {', '.join(sorted(df['scale'].unique()))}; "
+        f"{int(df['run'].nunique())} nets.",
+        "",
+        "* **Excess error** of a distorted net: its test error minus the trained net's own test error "
+        "(points). A curve's mean excess: the mean over the distortion's levels, the identity level "
+        "excluded.",
+        "* **Intervals**: 95 % two-level bootstrap (seeds resampled, then the draws of each random "
+        f"level), {st.N_BOOT} replicates; with 3 seeds they describe these nets only.",
+        "* **Verdict**: *holds* when the interval of (challenger - baseline) is below zero, "
+        f"*contradicted* when above, *not shown* when it contains zero or either side has fewer than "
+        f"{MIN_SEEDS} nets.",
+        "* **No-op by construction**: a draw whose distorted net computes with exactly the trained "
+        "net's weights (binarizing a sign-trained net's effective weights, say); never counted.",
+        "* **Treatments**: `none` (Glorot init, no LR scale), `none+scaled` (U(-1, 1) init and BNN's "
+        "Glorot per-layer LR scale), `clip` (clipping with the latter), `clip+plain` (clipping with "
+        "the former); sign, stochastic_binary, power, stochastic_projection: projections with "
+        "clipping, U(-1, 1) init and the Glorot LR scale.",
+        "* **Weights**: `--weights hidden` distorts the real-valued hidden weights (the paper's "
+        "setting); `--weights effective` (an option) the weights P(w) each net computes with; "
+        "`--bn-recalibrate N`: BN statistics re-estimated on N training images for every distorted net.",
+        "",
+    ]
+
+
+def _pairs_section(curves, noises, kinds, dataset) -> list[str]:
+    lines = []
+    for noise in noises:
+        for mode in curves.modes(noise):
+            rows = []
+            for kind in kinds:
+                rows += pair_rows(curves, mode, noise, PAIRS[kind], dataset)
+            lines += [f"### {noise} (`{mode}`): {tally(rows)}", "", markdown_table(PAIR_HEADER, rows), ""]
+    return lines or ["Not tested: no such sweep.", ""]
+
+
+def _binarize_section(curves: Curves, dataset: str) -> list[str]:
+    lines = ["Binarize at p = 1 (every weight sign(W) times the layer's rms). Cost: the binarized "
+             f"error minus the trained net's own error. Holds when the cost's 95 % interval lies below "
+             f"{TOLERANCE:g} point, contradicted when above it.", ""]
     found = False
-    for mode in _modes(df, "additive"):
-        sub = df[(df["noise"] == "additive") & (df["mode"] == mode)]
+    for mode in curves.modes("binarize"):
         rows = []
-        for p in ordered_projections(sub["projection"]):
-            g = sub[sub["projection"] == p].groupby("level", as_index=False).agg(
-                error_mean=("error_mean", "mean"), clean=("reference_error", "mean"), bits=("effective_bits", "mean"))
-            level = tolerance_level(g["level"].to_numpy(float), g["error_mean"].to_numpy(float),
-                                    float(g["clean"].iloc[0]), TOLERANCE)
-            finite = g[np.isfinite(g["bits"])]
-            bits = float(np.interp(level, finite["level"], finite["bits"])) if (
-                not math.isnan(level) and level > 0 and len(finite)) else math.nan
-            rows.append([p, f"{g['clean'].iloc[0]:.2f}", fmt_level(level), fmt_bits(bits),
-                         f"{g['level'].max():g}"])
-        found = True
-        lines += [f"### `{mode}`", "",
-                  markdown_table(["training projection", "clean error (%)", "sigma within +1 point",
-                                  "effective bits there", "sigma tested up to"], rows), "",
-                  "Merolla et al. report 11% CIFAR-10 error at 0.68 effective bits per weight (sigma = 0.80 "
-                  "with this definition); fewer bits at the tolerance = more robust.", ""]
-    if not found:
-        lines += ["Not tested: no additive sweep found.", ""]
-    # 5: robustness to the class of non-linear projections binarization belongs to
+        for p in curves.projections():
+            runs = curves.runs(mode, "binarize", p, levels=(1.0,))
+            if curves.noop_only(mode, "binarize", p, (1.0,)):
+                rows.append([p, curves.seeds(mode, "binarize", p), "0 (the trained net itself)",
+                             "no-op by construction (not counted)"])
+                continue
+            if not runs:
+                continue
+            cost = st.curve_interval(runs, dataset, mode, "binarize-cost", p)
+            v = (f"not shown (n < {MIN_SEEDS})" if cost.n < MIN_SEEDS else "**holds**" if cost.high <= TOLERANCE
+                 else "**contradicted**" if cost.low > TOLERANCE else "not shown")
+            rows.append([p, cost.n, cost.text(), v])
+        if rows:
+            found = True
+            lines += [f"### `{mode}`", "", markdown_table(["training treatment", "n (seeds)",
+                                                           "cost (points), 95% CI", f"cost <= {TOLERANCE:g}"], rows), ""]
+    return lines if found else ["Not tested: no binarize sweep at p = 1.", ""]
+
+
+def _bits_section(curves: Curves, dataset: str) -> list[str]:
+    lines = [f"Definition: {BITS_DEFINITION.format(signal='variance')}. The strongest level (and its "
+             f"effective bits) at which the mean error stays within {TOLERANCE:g} point of the trained "
+             "net's (linear interpolation between levels); fewer bits there = more robust. '–': even the "
+             "mildest distorted level exceeds it; '≥': no tested level does.", ""]
+    df = curves.df
+    found = False
+    for noise in ("additive", "multiplicative", "binarize", "power", "clip", "bitflip"):
+        d = DISTORTIONS[noise]
+        for mode in curves.modes(noise):
+            rows = []
+            for p in curves.projections():
+                sub = df[(df["mode"] == mode) & (df["noise"] == noise) & (df["projection"] == p) & ~df["noop"]]
+                if sub.empty:
+                    continue
+                g = sub.groupby("level").agg(excess=("excess", "mean"), bits=("effective_bits", "mean"))
+                levels, excess = g.index.to_numpy(float), g["excess"].to_numpy(float)
+                level = tolerance_level(levels, excess, 0.0, TOLERANCE, d.stronger_is_smaller)
+                strongest = levels.min() if d.stronger_is_smaller else levels.max()
+                finite = g[np.isfinite(g["bits"])]
+                bits = float(np.interp(level, finite.index.to_numpy(float), finite["bits"].to_numpy(float))) \
+                    if len(finite) and not math.isnan(level) else math.nan
+                if math.isnan(level):
+                    rows.append([p, "–", ""])
+                    continue
+                never = bool((excess <= TOLERANCE).all())
+                rows.append([p, (f"≥ {strongest:g}" if never else f"{level:.3g}"), fmt_bits(bits)])
+            if rows:
+                found = True
+                lines += [f"### {noise} (`{mode}`): level = {d.level_name}", "",
+                          markdown_table(["training treatment", f"strongest level within +{TOLERANCE:g} point",
+                                          "effective bits there"], rows), ""]
+    return lines if found else ["Not tested.", ""]
+
+
+def _bitflip_section(curves: Curves, dataset: str) -> list[str]:
+    lines = ["The flip probability p at which the mean error doubles (excess = the trained error), "
+             "interpolated in log p, with its 95 % interval; then each pair's mean excess over the levels.", ""]
+    found = False
+    for mode in curves.modes("bitflip"):
+        rows = []
+        for p in curves.projections():
+            runs = curves.runs(mode, "bitflip", p, identity=True)
+            if not runs:
+                continue
+            trained = float(curves.df.loc[(curves.df["projection"] == p) & (curves.df["mode"] == mode)
+                                          & (curves.df["noise"] == "bitflip"), "trained_error"].mean())
+            doubling = st.crossing_interval(runs, trained, dataset, mode, "bitflip-doubling", p, log=True)
+            text = "–" if math.isnan(doubling.mean) else (
+                f"{doubling.mean:.3g} [{doubling.low:.3g}, {doubling.high:.3g}]")
+            rows.append([p, len(runs), f"{trained:.2f}", text])
+        if rows:
+            found = True
+            pairs = []
+            for kind in ("projection", "clipping", "settings"):
+                pairs += pair_rows(curves, mode, "bitflip", PAIRS[kind], dataset)
+            lines += [f"### `{mode}`", "", markdown_table(["training treatment", "n (seeds)", "trained error (%)",
+                                                           "p where the error doubles, 95% CI"], rows), "",
+                      f"Pairs: {tally(pairs)}", "", markdown_table(PAIR_HEADER, pairs), ""]
+    return lines if found else ["Not tested: no bitflip sweep.", ""]
+
+
+def claims_markdown(draws: pd.DataFrame) -> str:
+    df = prepare(draws)
+    datasets = sorted(df["dataset"].unique())
+    dataset = datasets[0] if len(datasets) == 1 else ",".join(datasets)
+    curves = Curves(df)
+    lines = [f"# Merolla et al. (2016): do the claims hold here? ({dataset})", "", *_definitions(df)]
+    lines += ["## 1. Nets trained with a projection degrade less under noise than unprojected nets", ""]
+    lines += _pairs_section(curves, ("additive", "multiplicative"), ("projection",), dataset)
+    lines += ["## 2. Clipping alone confers robustness", "",
+              "Two pairs, each differing in the clipping only; the third row measures what init and LR "
+              "scale alone do (the confound of a `clip` vs `none` comparison).", ""]
+    lines += _pairs_section(curves, ("additive", "multiplicative"), ("clipping", "settings"), dataset)
+    lines += ["## 3. Binarizing a net trained with a projection costs little", ""]
+    lines += _binarize_section(curves, dataset)
+    lines += ["## 4. Effective bits at which the error stays within 1 point", ""]
+    lines += _bits_section(curves, dataset)
     lines += ["## 5. Nets trained with a projection are robust to test-time power projections "
               "sign(w)|w|^beta (beta = 0: binarization)", ""]
-    found = False
-    for mode in _modes(df, "power"):
-        found = True
-        table, stats = excess_table(df, "power", mode)
-        sub = df[(df["noise"] == "power") & (df["mode"] == mode)]
-        others = [p for p in ordered_projections(stats) if p != "none"]
-        better = [p for p in others if "none" in stats and stats[p][0] < stats["none"][0]]
-        flag = None if "none" not in stats or not others else len(better) == len(others)
-        rows = []
-        for p in ordered_projections(sub["projection"]):
-            g = sub[sub["projection"] == p].groupby("level", as_index=False).agg(
-                error_mean=("error_mean", "mean"), clean=("reference_error", "mean"))
-            beta = tolerance_level(g["level"].to_numpy(float), g["error_mean"].to_numpy(float),
-                                   float(g["clean"].iloc[0]), TOLERANCE, stronger_is_smaller=True)
-            rows.append([p, f"{stats[p][0]:.2f} ± {stats[p][1]:.2f}", fmt_level(beta), stats[p][2]])
-        lines += [f"### `{mode}`: {_verdict(flag)} for {len(better)} of {len(others)} projections", "",
-                  markdown_table(["training projection", "mean excess error (points)",
-                                  f"smallest beta within +{TOLERANCE:g} point", "seeds"], rows), ""]
-    if not found:
-        lines += ["Not tested: no power sweep found.", ""]
+    lines += _pairs_section(curves, ("power",), ("projection", "clipping"), dataset)
+    lines += ["## 6. Bit errors: each stored sign bit flipped with probability p", ""]
+    lines += _bitflip_section(curves, dataset)
     return "\n".join(lines)
 
 
-def write_claims(dirs: list[Path], out: Path) -> Path:
+def write_claims(dirs: list[Path], out: Path, draws: pd.DataFrame | None = None) -> Path:
+    """``claims.md`` in ``out`` from the draws of the sweeps in ``dirs`` (or ``draws`` given)."""
     out = Path(out)
-    df = load_results([Path(d) for d in dirs], relative_to=out)
+    if draws is None:
+        draws = load_draws([Path(d) for d in dirs], relative_to=out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "claims.md"
-    path.write_text(claims_markdown(df))
+    path.write_text(claims_markdown(draws))
     return path

@@ -3,7 +3,8 @@
   bnnrepro robustness --noise additive <run dir | checkpoint | sweep dir | runs.txt> ... [--out DIR]
   bnnrepro robustness --noise additive,multiplicative,binarize,power runs/multirun/<stamp>
   bnnrepro robustness --noise power --levels 1,0.5,0.25,0 --draws 1 <run dir>
-  bnnrepro robustness --claims results/merolla results/merolla/latent --out results/merolla
+  bnnrepro robustness --noise bitflip --weights effective --engine packed <W1A1 run dir>
+  bnnrepro robustness --claims results/merolla/mnist results/merolla/mnist/bn_recalibrated
 
 The grammar (flags, ``key=value`` overrides, the default output folder) is
 :func:`bnnrepro.commandline.robustness_parser`'s.
@@ -99,7 +100,8 @@ def parse(argv: list[str]):
                         distortion=DistortionOptions(args.sigma_scale, args.binary_scale),
                         signal=args.signal, batch_size=args.overrides.get("train.eval_batch_size", 2000),
                         which=args.which, data_root=args.overrides.get("data.root"), progress=not args.quiet,
-                        device=_device(args.overrides.get("device", "cpu")), bn_recalibrate=args.bn_recalibrate)
+                        device=_device(args.overrides.get("device", "cpu")), bn_recalibrate=args.bn_recalibrate,
+                        engine=args.engine)
     args.noise = noises
     runs = discover(targets, which=args.which)
     _check_writable(Path(args.out))  # now, not after an hour of sweeps

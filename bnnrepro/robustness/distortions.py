@@ -15,6 +15,10 @@ layers of very different scales are distorted alike.
 * ``power``: ``sign(W) |W / max|W||^beta``, rescaled so the layer keeps its ``binary_scale``
   statistic; beta = 1 is the identity, beta = 0 equals ``binarize`` at p = 1.
 * ``clip``: ``clip(W, -c max|W|, c max|W|)``, c in (0, 1] a fraction of the layer's largest weight.
+* ``bitflip``: every weight's sign bit flipped independently with probability p (``W * (-1)^b``,
+  b ~ Bernoulli(p)): a memory fault in the stored sign bits of fp32 weights, and, for ±1 weights,
+  in the bits of a packed binary net (the packed engine's sweep draws the same flips:
+  robustness/packed.py).
 
 sign(0) = +1 throughout.
 """
@@ -96,6 +100,13 @@ def clip(w, c, gen, opts: DistortionOptions):
     return torch.maximum(torch.minimum(w, bound), -bound)
 
 
+def bitflip(w, p, gen, opts: DistortionOptions):
+    if p <= 0:
+        return w.clone()
+    flipped = torch.rand(w.shape, generator=gen, dtype=torch.float32, device=w.device) < p
+    return torch.where(flipped, -w, w)
+
+
 @dataclass(frozen=True)
 class Distortion:
     name: str
@@ -107,6 +118,7 @@ class Distortion:
     random: Callable[[float], bool]  # whether D at this level depends on the draw
     default_levels: tuple[float, ...]
     stronger_is_smaller: bool = False  # power and clip: a smaller level distorts more
+    log_levels: bool = False           # levels spread over decades (plots use a log axis)
 
     def check_levels(self, levels) -> list[float]:
         out = []
@@ -133,6 +145,9 @@ DISTORTIONS: dict[str, Distortion] = {d.name: d for d in (
                stronger_is_smaller=True),
     Distortion("clip", clip, "c (clip at c * max|w|)", lambda c: c > 0, "a threshold c > 0", 1.0,
                lambda c: False, (1.0, 0.8, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1, 0.05), stronger_is_smaller=True),
+    Distortion("bitflip", bitflip, "p (probability each weight's sign bit flips)", lambda p: 0 <= p <= 1,
+               "a probability 0 <= p <= 1", 0.0, lambda p: p > 0,
+               (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3), log_levels=True),
 )}
 
 

@@ -7,8 +7,11 @@ With ``sigma_scale=std`` and ``variance``, additive noise at level sigma gives e
 ``1/2 log2(1 + 1/sigma^2)`` in every layer, so 0.68 bits (Merolla et al.'s CIFAR-10 claim)
 is sigma = 0.799, an SNR of 1.567. Multiplicative noise ``W * sigma * eps`` is uncorrelated with W,
 of power ``sigma^2 mean(W^2)``; the same formula gives its bits (an approximation: that noise is
-not independent of W). The network's figure is the mean over all distorted weights (layers weighted
-by their size). Other distortions have no bits (None).
+not independent of W). The deterministic and discrete distortions (binarize, power, clip, bitflip)
+have a noise power too, their quantization error: ``N = mean((D(W) - W)^2)`` of the distorted layer
+(of the draw, for the random ones), and the same formula gives their bits. The network's figure is
+the mean over all distorted weights (layers weighted by their size); a layer D leaves unchanged
+has infinite bits.
 """
 from __future__ import annotations
 
@@ -43,21 +46,33 @@ def signal_power(w: torch.Tensor, signal: str = "variance") -> float:
     raise ValueError(f"signal={signal!r} is unknown; allowed: {', '.join(SIGNALS)}")
 
 
-def noise_power(noise: str, level: float, w: torch.Tensor, opts: DistortionOptions) -> float | None:
+DEFINITION = ("effective bits per weight: 1/2 log2(1 + S/N) per layer, S = the {signal} of the clean "
+              "layer weights, N = the distortion's error power (additive: (sigma s_k)^2; multiplicative: "
+              "sigma^2 mean(W^2); binarize, power, clip, bitflip: mean((D(W) - W)^2) of the draw), "
+              "averaged over all weights (layers weighted by size)")
+
+
+def noise_power(noise: str, level: float, w: torch.Tensor, opts: DistortionOptions,
+                distorted: torch.Tensor | None = None) -> float | None:
+    """The noise variance of ``noise`` at ``level`` on layer weights ``w``: closed form for the
+    additive and multiplicative noises, else the error power of ``distorted`` (None without it)."""
     if noise == "additive":
         return (level * float(layer_stat(w, opts.sigma_scale))) ** 2
     if noise == "multiplicative":
         return level ** 2 * float(w.double().pow(2).mean())
-    return None
+    if distorted is None:
+        return None
+    return float((distorted.double() - w.double()).pow(2).mean())
 
 
 def effective_bits(noise: str, level: float, weights: list[torch.Tensor],
-                   opts: DistortionOptions = DistortionOptions(), signal: str = "variance") -> float | None:
-    """Effective bits per weight of the clean layer weights ``weights`` under ``noise`` at ``level``
-    (None where the distortion is not a noise)."""
+                   opts: DistortionOptions = DistortionOptions(), signal: str = "variance",
+                   distorted: list[torch.Tensor] | None = None) -> float | None:
+    """Effective bits per weight of the clean layer weights ``weights`` under ``noise`` at ``level``;
+    ``distorted`` (the layers' D(W)) for the distortions whose error power is measured, else None."""
     total, count = 0.0, 0
-    for w in weights:
-        n = noise_power(noise, level, w, opts)
+    for i, w in enumerate(weights):
+        n = noise_power(noise, level, w, opts, None if distorted is None else distorted[i])
         if n is None:
             return None
         s = signal_power(w, signal)

@@ -10,8 +10,9 @@ import pandas as pd
 
 from ..runs import code_label, code_version
 from .distortions import DISTORTIONS
-from .report import (fmt_bits, fmt_level, level_table, markdown_table, per_projection, per_run, runs_table,
-                     within_tolerance)
+from .effective_bits import DEFINITION as BITS_DEFINITION
+from .report import (doubling_table, excess_table, fmt_bits, fmt_level, level_table, markdown_table, per_projection, per_run,
+                     runs_table, within_tolerance)
 from .sweep import SweepOptions
 
 DEFINITIONS = {
@@ -23,13 +24,17 @@ DEFINITIONS = {
     "power": "sign(W) * |W / max|W||^beta, rescaled to keep the layer's {binary_scale} "
              "(beta = 1: identity, beta = 0: binarize with p = 1); deterministic",
     "clip": "clip(W, -c * max|W|, c * max|W|) per layer; deterministic",
+    "bitflip": "each weight's sign bit flipped independently with probability p: W * (-1)^b, "
+               "b ~ Bernoulli(p)",
 }
 WEIGHTS_TEXT = {
+    "hidden": "the real-valued hidden weights w training updates (the paper's setting), rescaled per "
+              "layer by the scalar rms(P(w))/rms(w) so that BN sees the scale it was trained at, used "
+              "with the projection disabled",
     "effective": "the effective weights P(w) each trained net computes with at test time (its training "
-                 "projection in eval mode), then used with the projection disabled",
-    "latent": "the real latent weights w, rescaled per layer by rms(P(w))/rms(w), used with the "
-              "projection disabled",
-    "latent_projected": "the latent weights w, then passed through the training projection again: P(D(w))",
+                 "projection in eval mode), used with the projection disabled: an option, not the "
+                 "paper's setting",
+    "hidden_projected": "the hidden weights w, then passed through the training projection again: P(D(w))",
 }
 
 
@@ -44,7 +49,7 @@ def provenance(opts: SweepOptions, argv: list[str] | None, code: list[str] | Non
             f"(draws made by {', '.join(code)}; draw seed {opts.seed}, {opts.which} checkpoints)."]
 
 
-def noise_markdown(noise: str, by_run: pd.DataFrame, agg: pd.DataFrame, opts: SweepOptions,
+def noise_markdown(noise: str, draws: pd.DataFrame, by_run: pd.DataFrame, agg: pd.DataFrame, opts: SweepOptions,
                    argv: list[str] | None, command: str | None = None) -> str:
     distortion = DISTORTIONS[noise]
     first = by_run.iloc[0]
@@ -63,23 +68,24 @@ def noise_markdown(noise: str, by_run: pd.DataFrame, agg: pd.DataFrame, opts: Sw
              f"* **Draws**: {opts.draws} independent draws per random level; deterministic levels once.",
              f"* **Test error** (%) on the whole test set ({int(first['test_size'])} images): mean ± std "
              "over all draws of all seeds of a training projection (the std includes the seed spread).",
-             f"* **Scale** of the trained runs: {', '.join(sorted(by_run['scale'].unique()))}."]
-    if noise in ("additive", "multiplicative"):
-        lines.append(f"* **Effective bits** per weight: 1/2 log2(1 + S/N) per layer, S = {opts.signal} of "
-                     "the clean layer weights, N = the noise variance, averaged over all weights.")
-    lines += ["", "## Test error (%) by level and training projection", "", level_table(agg, noise), ""]
+             "* **Excess error**: the distorted error minus the trained net's own test error (points), "
+             "mean over seeds, 95 % two-level bootstrap interval (seeds, then draws). 'no-op': the "
+             "distorted net computes with exactly the trained net's weights (by construction).",
+             f"* **Scale** of the trained runs: {', '.join(sorted(by_run['scale'].unique()))}.",
+             f"* **Effective bits**: {BITS_DEFINITION.format(signal=opts.signal)}.",
+             "", "## Test error (%) by level and training projection", "", level_table(agg, noise), "",
+             "## Excess error (points) by level, 95 % interval", "", excess_table(draws, noise), ""]
     tol = within_tolerance(agg, noise, 1.0)
-    header = ["training projection", "clean error (%)", "strongest level within +1 point",
-              "tested up to"]
-    if noise in ("additive", "multiplicative"):
-        header.insert(3, "effective bits there")
-    rows = []
-    for r in tol.itertuples():
-        row = [r.projection, f"{r.clean_error:.2f}", fmt_level(r.level)]
-        if noise in ("additive", "multiplicative"):
-            row.append(fmt_bits(r.effective_bits))
-        rows.append(row + [f"{r.max_level_tested:g}"])
-    lines += ["## Tolerance: the error stays within 1 point of clean", "",
+    header = ["training projection", "trained error (%)", "strongest level within +1 point",
+              "effective bits there", "tested up to"]
+    rows = [[r.projection, f"{r.clean_error:.2f}", fmt_level(r.level), fmt_bits(r.effective_bits),
+             f"{r.max_level_tested:g}"] for r in tol.itertuples()]
+    if noise == "bitflip":
+        lines += ["## Where the error doubles", "",
+                  "The flip probability p at which the mean error reaches twice the trained net's, "
+                  "interpolated in log p between levels, with its 95 % bootstrap interval (seeds, then draws).",
+                  "", doubling_table(draws), ""]
+    lines += ["## Tolerance: the error stays within 1 point of the trained net's", "",
               "Linear interpolation between levels; '–': even the mildest distorted level exceeds it.", "",
               markdown_table(header, rows), "", "## Runs", "", runs_table(by_run), ""]
     return "\n".join(lines)
@@ -99,13 +105,13 @@ def write_outputs(rows: list[dict], noises: list[str], out: Path, opts: SweepOpt
         paths = {k: out / f"robustness_{noise}{k}" for k in (".csv", "_draws.csv", ".md", ".png")}
         by_run.to_csv(paths[".csv"], index=False)
         sub.to_csv(paths["_draws.csv"], index=False)
-        paths[".md"].write_text(noise_markdown(noise, by_run, agg, opts, argv, command))
+        paths[".md"].write_text(noise_markdown(noise, sub, by_run, agg, opts, argv, command))
         written += [paths[".csv"], paths["_draws.csv"], paths[".md"]]
         if plot:
             title = (f"{', '.join(sorted(sub['dataset'].unique()))}: {noise} distortion of the "
                      f"{opts.weights} weights ({', '.join(sorted(sub['scale'].unique()))} scale)")
             bits_axis = opts.distortion.sigma_scale == "std" and opts.signal == "variance"
-            written.append(plot_noise(agg, noise, paths[".png"], title, bits_axis=bits_axis))
+            written.append(plot_noise(agg, noise, paths[".png"], title, bits_axis=bits_axis, draws=sub))
     return written
 
 

@@ -1,5 +1,6 @@
-"""Test error versus distortion strength, one curve per training projection (seeds pooled), the band
-one standard deviation over all draws of all seeds, in the manner of Merolla et al.'s figures."""
+"""Test error versus distortion strength, one curve per training projection (seeds pooled), in the
+manner of Merolla et al.'s figures. The band: the 95 % bootstrap interval of the mean error (seeds,
+then draws) when the draws are given, else one standard deviation over all draws of all seeds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,12 +12,23 @@ from .effective_bits import sigma_for_bits
 from .report import ordered_projections
 
 FLOOR = 0.05  # percent: the log axis' floor (a band reaching 0 is cut there)
-COLORS = {"none": "#444444", "clip": "#1f77b4", "sign": "#d62728", "stochastic_binary": "#ff7f0e",
+COLORS = {"none": "#444444", "none+scaled": "#999999", "clip": "#1f77b4", "clip+plain": "#17becf", "sign": "#d62728", "stochastic_binary": "#ff7f0e",
           "stochastic_sign": "#8c564b", "power": "#2ca02c", "stochastic_projection": "#9467bd"}
 
 
+def _bands(draws: pd.DataFrame, projection: str, levels) -> tuple[list[float], list[float]]:
+    from . import statistics as st
+
+    g = draws[draws["projection"] == projection]
+    runs = [{float(level): h["error"].to_numpy(float) for level, h in r.groupby("level")}
+            for _, r in g.groupby("run", sort=True)]
+    cis = st.per_level_intervals(runs, "plot", projection, ",".join(sorted(g["noise"].unique())))
+    return ([cis[float(v)].low if float(v) in cis else float("nan") for v in levels],
+            [cis[float(v)].high if float(v) in cis else float("nan") for v in levels])
+
+
 def plot_noise(agg: pd.DataFrame, noise: str, path: Path, title: str = "",
-               bits_axis: bool = False) -> Path:
+               bits_axis: bool = False, draws: pd.DataFrame | None = None) -> Path:
     """Write the PNG for ``noise``; ``bits_axis`` adds a top axis in effective bits (additive noise
     with sigma relative to the layer std and signal = variance, where bits = f(sigma) exactly)."""
     import matplotlib
@@ -33,9 +45,17 @@ def plot_noise(agg: pd.DataFrame, noise: str, path: Path, title: str = "",
         runs = int(g["runs"].max())
         ax.plot(g["level"], g["error_mean"], marker="o", ms=3.5, lw=1.6, color=color,
                 label=f"{projection} (n={runs})")
-        low = (g["error_mean"] - g["error_std"]).clip(lower=FLOOR)
-        ax.fill_between(g["level"], low, g["error_mean"] + g["error_std"], color=color, alpha=0.18, lw=0)
+        if draws is not None:
+            low, high = _bands(draws, projection, g["level"])
+            low = pd.Series(low, index=g.index).clip(lower=FLOOR)
+        else:
+            low = (g["error_mean"] - g["error_std"]).clip(lower=FLOOR)
+            high = g["error_mean"] + g["error_std"]
+        ax.fill_between(g["level"], low, high, color=color, alpha=0.18, lw=0)
     ax.set_xlabel(distortion.level_name)
+    if distortion.log_levels:
+        positive = sub.loc[sub["level"] > 0, "level"]
+        ax.set_xscale("symlog", linthresh=float(positive.min()) if len(positive) else 1e-4)
     ax.set_ylabel("test error (%)")
     if distortion.stronger_is_smaller:
         ax.invert_xaxis()  # distortion grows to the right, as for the noises
@@ -47,7 +67,8 @@ def plot_noise(agg: pd.DataFrame, noise: str, path: Path, title: str = "",
     ax.set_yticks(ticks, [f"{t:g}" for t in ticks])
     ax.minorticks_off()
     ax.grid(True, alpha=0.3, which="major")
-    ax.legend(title="training projection", fontsize=8, title_fontsize=8)
+    ax.legend(title="training projection" + (" (band: 95% CI of the mean)" if draws is not None else
+                                             " (band: ± 1 std)"), fontsize=7, title_fontsize=7)
     if title:
         ax.set_title(title, fontsize=9, pad=10 if not (bits_axis and noise == "additive") else 32)
     if bits_axis and noise == "additive":

@@ -9,13 +9,13 @@ import pandas as pd
 
 from .distortions import DISTORTIONS
 
-PROJECTION_ORDER = ("none", "clip", "sign", "stochastic_binary", "stochastic_sign", "power",
+PROJECTION_ORDER = ("none", "none+scaled", "clip", "clip+plain", "sign", "stochastic_binary", "stochastic_sign", "power",
                     "stochastic_projection")
 RUN_KEYS = ["run", "run_name", "projection", "experiment", "train_seed", "scale", "dataset", "weights",
             "noise", "level"]
-RUN_COLUMNS = RUN_KEYS + ["error_mean", "error_std", "draws", "effective_bits", "clean_error",
-                          "trained_test_error", "test_size", "sigma_scale", "binary_scale", "checkpoint_which",
-                          "bn_recalibrate"]
+RUN_COLUMNS = RUN_KEYS + ["error_mean", "error_std", "draws", "effective_bits", "noop", "clean_error",
+                          "trained_error", "trained_test_error", "test_size", "sigma_scale", "binary_scale",
+                          "checkpoint_which", "bn_recalibrate"]
 
 
 def projection_sort_key(name: str):
@@ -35,9 +35,10 @@ def _std(x: pd.Series) -> float:
 def per_run(draws: pd.DataFrame) -> pd.DataFrame:
     """One row per run x noise x level: error mean and std over the draws."""
     extra = ["code"] if "code" in draws else []  # the code version that made the draws (study records)
-    first = RUN_COLUMNS[RUN_COLUMNS.index("effective_bits"):] + extra
+    first = RUN_COLUMNS[RUN_COLUMNS.index("clean_error"):] + extra
     grouped = draws.groupby(RUN_KEYS, sort=False, dropna=False)
     out = grouped.agg(error_mean=("error", "mean"), error_std=("error", _std), draws=("error", "size"),
+                      effective_bits=("effective_bits", "mean"), noop=("noop", "all"),
                       **{c: (c, "first") for c in first}).reset_index()
     return out[RUN_COLUMNS + extra]
 
@@ -48,7 +49,8 @@ def per_projection(draws: pd.DataFrame) -> pd.DataFrame:
     grouped = draws.groupby(["projection", "noise", "level"], sort=False)
     out = grouped.agg(error_mean=("error", "mean"), error_std=("error", _std), draws=("error", "size"),
                       runs=("run", "nunique"), effective_bits=("effective_bits", "mean"),
-                      clean_error=("clean_error", "mean")).reset_index()
+                      clean_error=("clean_error", "mean"), trained_error=("trained_error", "mean"),
+                      noop=("noop", "all")).reset_index()
     out["_p"] = out["projection"].map(projection_sort_key)
     return out.sort_values(["_p", "level"]).drop(columns="_p").reset_index(drop=True)
 
@@ -70,23 +72,23 @@ def tolerance_level(levels: np.ndarray, errors: np.ndarray, clean: float, tolera
 
 
 def within_tolerance(agg: pd.DataFrame, noise: str, tolerance: float = 1.0) -> pd.DataFrame:
-    """Per projection: clean error, the strongest level keeping the mean error within ``tolerance``
-    points of it, and (for noises) the effective bits at that level."""
+    """Per projection: the trained net's error, the strongest level keeping the mean error within
+    ``tolerance`` points of it, and the effective bits at that level."""
     distortion = DISTORTIONS[noise]
     rows = []
     for projection, g in agg[agg["noise"] == noise].groupby("projection", sort=False):
+        g = g.sort_values("level")
         level = tolerance_level(g["level"].to_numpy(float), g["error_mean"].to_numpy(float),
-                                float(g["clean_error"].iloc[0]), tolerance, distortion.stronger_is_smaller)
+                                float(g["trained_error"].iloc[0]), tolerance, distortion.stronger_is_smaller)
         bits = math.nan
-        if noise in ("additive", "multiplicative") and not math.isnan(level):
-            # interpolate the bits on the same curve (exact for additive noise with sigma_scale=std)
+        if not math.isnan(level):  # interpolate the bits on the same curve
             known = g.dropna(subset=["effective_bits"])
             finite = known[np.isfinite(known["effective_bits"])]
-            if len(finite) and level > 0:
+            if len(finite) and level != distortion.identity_level:
                 bits = float(np.interp(level, finite["level"], finite["effective_bits"]))
-            elif level == 0:
+            elif level == distortion.identity_level:
                 bits = math.inf
-        rows.append({"projection": projection, "clean_error": float(g["clean_error"].iloc[0]),
+        rows.append({"projection": projection, "clean_error": float(g["trained_error"].iloc[0]),
                      "level": level, "effective_bits": bits,
                      "max_level_tested": float(g["level"].min() if distortion.stronger_is_smaller
                                                else g["level"].max())})
@@ -116,12 +118,13 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def level_table(agg: pd.DataFrame, noise: str) -> str:
-    """Rows: levels (mildest first); columns: effective bits, then one per projection."""
+    """Rows: levels (mildest first); columns: effective bits (additive noise), then one per projection:
+    error mean ± std over all draws, '(no-op)' where the distortion is the identity for those nets."""
     sub = agg[agg["noise"] == noise]
     projections = ordered_projections(sub["projection"])
     distortion = DISTORTIONS[noise]
     levels = sorted(sub["level"].unique(), reverse=distortion.stronger_is_smaller)
-    with_bits = noise in ("additive", "multiplicative")
+    with_bits = noise == "additive"  # the same in every net (sigma_scale=std); per net elsewhere
     header = ["level"] + (["eff. bits"] if with_bits else []) + projections
     rows = []
     for level in levels:
@@ -130,16 +133,75 @@ def level_table(agg: pd.DataFrame, noise: str) -> str:
         if with_bits:
             row.append(fmt_bits(float(at["effective_bits"].mean())))
         for p in projections:
-            row.append(fmt_error(at.loc[p, "error_mean"], at.loc[p, "error_std"]) if p in at.index else "–")
+            if p not in at.index:
+                row.append("–")
+                continue
+            cell = fmt_error(at.loc[p, "error_mean"], at.loc[p, "error_std"])
+            no_op = bool(at.loc[p, "noop"]) and level != distortion.identity_level if "noop" in at else False
+            row.append(cell + " (no-op)" if no_op else cell)
         rows.append(row)
     return markdown_table(header, rows)
+
+
+def excess_table(draws: pd.DataFrame, noise: str) -> str:
+    """Rows: levels (mildest first); columns: projections; cells: mean excess error over the
+    trained net (points) with its 95 % bootstrap interval, or 'no-op' where the distorted net is the
+    trained net by construction ('the trained net' at the identity level)."""
+    from . import statistics as st
+
+    sub = draws[draws["noise"] == noise]
+    sub = sub.assign(excess=sub["error"] - sub["trained_error"], noop=sub["noop"].astype(bool))
+    projections = ordered_projections(sub["projection"])
+    distortion = DISTORTIONS[noise]
+    levels = sorted(sub["level"].unique(), reverse=distortion.stronger_is_smaller)
+    cells = {}
+    for p in projections:
+        g = sub[(sub["projection"] == p) & ~sub["noop"]]
+        runs = [{float(level): h["excess"].to_numpy(float) for level, h in r.groupby("level")}
+                for _, r in g.groupby("run", sort=True)]
+        key = (",".join(sorted(sub["dataset"].unique())), noise, p, str(sub["weights"].iloc[0]),
+               int(sub["bn_recalibrate"].iloc[0]))
+        cells[p] = st.per_level_intervals(runs, *key) if runs else {}
+        noops = set(sub.loc[(sub["projection"] == p), :].groupby("level")["noop"].all().loc[lambda x: x].index)
+        cells[p].update({float(level): None for level in noops})
+    rows = []
+    for level in levels:
+        row = [f"{level:g}"]
+        for p in projections:
+            ci = cells[p].get(float(level), "missing")
+            if ci is None:
+                row.append("the trained net" if level == distortion.identity_level else "no-op")
+            else:
+                row.append("–" if ci == "missing" else ci.text())
+        rows.append(row)
+    return markdown_table(["level"] + projections, rows)
+
+
+def doubling_table(draws: pd.DataFrame) -> str:
+    """Per projection: the trained error and the level at which the mean error doubles, with its
+    interval (the undistorted level included: a net already worse there doubles at p = 0)."""
+    from . import statistics as st
+
+    sub = draws.assign(excess=draws["error"] - draws["trained_error"])
+    rows = []
+    for p in ordered_projections(sub["projection"]):
+        g = sub[sub["projection"] == p]
+        runs = [{float(level): h["excess"].to_numpy(float) for level, h in r.groupby("level")}
+                for _, r in g.groupby("run", sort=True)]
+        trained = float(g.groupby("run")["trained_error"].first().mean())
+        ci = st.crossing_interval(runs, trained, "doubling", p, ",".join(sorted(g["noise"].unique())), log=True)
+        text = "not reached" if math.isnan(ci.mean) else f"{ci.mean:.3g} [{ci.low:.3g}, {ci.high:.3g}]"
+        rows.append([p, len(runs), f"{trained:.2f}", text])
+    return markdown_table(["training projection", "seeds", "trained error (%)", "p where the error doubles, 95% CI"],
+                          rows)
 
 
 def runs_table(by_run: pd.DataFrame) -> str:
     runs = by_run.drop_duplicates("run")
     runs = runs.assign(_p=runs["projection"].map(projection_sort_key)).sort_values(["_p", "train_seed"])
     rows = [[r.run_name, r.projection, r.train_seed, r.scale,
-             "–" if pd.isna(r.trained_test_error) else f"{r.trained_test_error:.2f}", f"{r.clean_error:.2f}"]
+             "–" if pd.isna(r.trained_test_error) else f"{r.trained_test_error:.2f}", f"{r.trained_error:.2f}",
+             f"{r.clean_error:.2f}"]
             for r in runs.itertuples()]
-    return markdown_table(["run", "training projection", "seed", "scale", "trained test error (%)",
-                           "clean error here (%)"], rows)
+    return markdown_table(["run", "training projection", "seed", "scale", "test error, run summary (%)",
+                           "trained net here (%)", "undistorted copy here (%)"], rows)
