@@ -39,7 +39,7 @@ def load_torch(source: str, which: str = "best"):
     return load_trained(source, which=which)
 
 
-def _check_preprocessing(cfg) -> None:
+def check_preprocessing(cfg) -> None:
     try:
         pre = cfg.data.preprocessing
     except (AttributeError, KeyError):  # a config without data.preprocessing: nothing to check
@@ -62,7 +62,7 @@ def to_packed(source, *, input_shape=None, which: str = "best") -> PackedModel:
     if _is_artifact(path):
         return artifact.load(path)
     model, cfg, shape = load_torch(str(path), which)
-    _check_preprocessing(cfg)
+    check_preprocessing(cfg)
     return PackedModel.from_torch(model, tuple(input_shape or shape), meta=_meta(path, cfg))
 
 
@@ -117,7 +117,7 @@ def pack_main(argv: list[str]) -> int:
     args.source, args.output = args.target, args.out
     try:
         model, cfg, shape = load_torch(args.source, args.which)
-        _check_preprocessing(cfg)
+        check_preprocessing(cfg)
         if args.input_shape:
             shape = tuple(int(v) for v in args.input_shape.split(","))
         packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
@@ -224,7 +224,7 @@ def compare_main(argv: list[str]) -> int:
     args.source, args.data_root = args.target, args.overrides.get("data.root")
     try:
         model, cfg, shape = load_torch(args.source, args.which)
-        _check_preprocessing(cfg)
+        check_preprocessing(cfg)
         packed = artifact.load(args.artifact) if args.artifact else PackedModel.from_torch(model, shape)
         if args.random:
             x = np.random.default_rng(0).integers(0, 256, (args.random,) + tuple(shape), dtype=np.uint8)

@@ -81,6 +81,18 @@ def _trained_test_error(path: Path) -> float | None:
     return (runs.read_summary(path.parent if path.is_file() else path) or {}).get("test_error")
 
 
+def _common(path: Path, cfg, opts: SweepOptions, test_size: int, projection: str, clean_error: float,
+            trained_error: float) -> dict:
+    """The fields every draw row of one run's sweep shares."""
+    return {"run": str(path), "run_name": _run_name(path), "projection": projection,
+            "experiment": cfg.get("experiment"), "train_seed": int(cfg.seed), "scale": cfg.scale.name,
+            "dataset": cfg.data.name, "test_size": test_size, "weights": opts.weights,
+            "sigma_scale": opts.distortion.sigma_scale, "binary_scale": opts.distortion.binary_scale,
+            "clean_error": clean_error, "trained_error": trained_error,
+            "trained_test_error": _trained_test_error(path), "checkpoint_which": opts.which,
+            "bn_recalibrate": opts.bn_recalibrate}
+
+
 def plan(noises: list[str], opts: SweepOptions) -> dict[str, list[tuple[float, int]]]:
     """Per noise, its (level, number of draws) pairs: deterministic levels are evaluated once."""
     out = {}
@@ -117,14 +129,7 @@ def sweep_run(path: str | Path, noises: list[str], opts: SweepOptions, cache: di
             recalibrate_bn(net.model, test.calibration, opts.batch_size)
         return test.error(net.model, opts.batch_size)
 
-    clean_error = evaluate()
-    common = {"run": str(path), "run_name": _run_name(path), "projection": projection_label(cfg),
-              "experiment": cfg.get("experiment"), "train_seed": int(cfg.seed), "scale": cfg.scale.name,
-              "dataset": cfg.data.name, "test_size": len(test), "weights": opts.weights,
-              "sigma_scale": opts.distortion.sigma_scale, "binary_scale": opts.distortion.binary_scale,
-              "clean_error": clean_error, "trained_error": trained_error,
-              "trained_test_error": _trained_test_error(path),
-              "checkpoint_which": opts.which, "bn_recalibrate": opts.bn_recalibrate}
+    common = _common(path, cfg, opts, len(test), projection_label(cfg), evaluate(), trained_error)
     rows = []
     total = sum(n for pairs in levels.values() for _, n in pairs)
     bar = tqdm(total=total, desc=f"{position}{common['run_name']}", disable=not opts.progress,
@@ -149,24 +154,18 @@ def sweep_run(path: str | Path, noises: list[str], opts: SweepOptions, cache: di
 def _sweep_packed(path: Path, levels: dict, opts: SweepOptions, cache: dict, position: str) -> list[dict]:
     """:func:`sweep_run` through the packed engine: the net packed once, its bits distorted."""
     from ..kernels import PackedModel
-    from ..kernels.commands import _check_preprocessing
+    from ..kernels.commands import check_preprocessing
     from ..train import load_trained
     from . import packed as engine
 
     model, cfg, shape = load_trained(path, which=opts.which)
-    _check_preprocessing(cfg)
+    check_preprocessing(cfg)
     test = load_test_set(cfg, opts.data_root, cache, torch.device("cpu"))
     trained_error = test.error(model.eval(), opts.batch_size)
     net = PackedModel.from_torch(model, tuple(shape))
     x, y = test.x_uint8.numpy(), test.y.numpy()
     clean_error = engine.error(net, x, y, opts.batch_size)
-    common = {"run": str(path), "run_name": _run_name(path), "projection": projection_label(cfg) + " [packed]",
-              "experiment": cfg.get("experiment"), "train_seed": int(cfg.seed), "scale": cfg.scale.name,
-              "dataset": cfg.data.name, "test_size": len(test), "weights": "effective",
-              "sigma_scale": opts.distortion.sigma_scale, "binary_scale": opts.distortion.binary_scale,
-              "clean_error": clean_error, "trained_error": trained_error,
-              "trained_test_error": _trained_test_error(path), "checkpoint_which": opts.which,
-              "bn_recalibrate": 0}
+    common = _common(path, cfg, opts, len(test), projection_label(cfg) + " [packed]", clean_error, trained_error)
     rows = []
     total = sum(n for pairs in levels.values() for _, n in pairs)
     bar = tqdm(total=total, desc=f"{position}{common['run_name']} [packed]", disable=not opts.progress,
