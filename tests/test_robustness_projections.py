@@ -174,3 +174,28 @@ def test_paper_merolla_is_the_sign_preset_and_cifar_preset_composes():
     assert (cfg.data.name, cfg.model.name, cfg.data.preprocessing) == ("cifar10", "bnn_convnet", "zca")
     model = build_model(cfg, (3, 32, 32), 10)
     assert sum(isinstance(m, QuantLayer) for m in model.modules()) == 9
+
+
+def test_training_treatment_labels_name_what_differs_from_the_projection_default():
+    from bnnrepro.robustness.weights import projection_label
+
+    base = ["scale=quick"]
+    label = {e: projection_label(compose([f"+experiment=merolla_{e}", *base]))
+             for e in ("none", "none_scaled", "clip", "clip_plain", "sign")}
+    assert label == {"none": "none", "none_scaled": "none+scaled", "clip": "clip", "clip_plain": "clip+plain",
+                     "sign": "sign"}
+    assert projection_label(compose(["+experiment=merolla_none", "model.init=uniform1", *base])) == \
+        "none[init=uniform1, lr_scale=off]"
+    assert projection_label(compose(["+experiment=merolla_sign", "optim.clip_latent=false", *base])) == \
+        "sign[no latent clipping]"
+
+
+def test_lr_scale_layers_all_scales_every_quantized_layer():
+    model = build_model(compose(["+experiment=merolla_none", "scale=smoke"]), (1, 28, 28), 10)  # 3 hidden + output
+    assert [g["name"] for g in param_groups(model, 1e-3, "glorot")] == ["rest"]  # nothing clips
+    groups = param_groups(model, 1e-3, "glorot", layers="all")
+    scaled = [g for g in groups if g["name"] != "rest"]
+    assert len(scaled) == 4 and all(g["lr"] == pytest.approx(1e-3 * g["lr_scale"]) and g["lr_scale"] > 1
+                                    for g in scaled)
+    with pytest.raises(ValueError, match="lr_scale_layers='some' is unknown; allowed: clipping, all"):
+        param_groups(model, 1e-3, "glorot", layers="some")

@@ -161,11 +161,12 @@ def _sweep_packed(path: Path, levels: dict, opts: SweepOptions, cache: dict, pos
     model, cfg, shape = load_trained(path, which=opts.which)
     check_preprocessing(cfg)
     test = load_test_set(cfg, opts.data_root, cache, torch.device("cpu"))
-    trained_error = test.error(model.eval(), opts.batch_size)
     net = PackedModel.from_torch(model, tuple(shape))
     x, y = test.x_uint8.numpy(), test.y.numpy()
+    # the deployed net is the packed one: its own error is the reference (the torch net's, which
+    # the first layer's float rounding may change by an image, stays in trained_test_error)
     clean_error = engine.error(net, x, y, opts.batch_size)
-    common = _common(path, cfg, opts, len(test), projection_label(cfg) + " [packed]", clean_error, trained_error)
+    common = _common(path, cfg, opts, len(test), projection_label(cfg) + " [packed]", clean_error, clean_error)
     rows = []
     total = sum(n for pairs in levels.values() for _, n in pairs)
     bar = tqdm(total=total, desc=f"{position}{common['run_name']} [packed]", disable=not opts.progress,
