@@ -67,3 +67,9 @@ def test_a_study_with_a_bad_sweep_is_rejected_naming_it():
     bad = {**STUDY, "study": {"output": "mini", "draws": 0, "sweeps": []}}
     with pytest.raises(Exception, match="draws must be a positive integer"):
         targets.parse(bad, "mini_study.yaml")
+
+
+def test_a_study_with_a_bad_level_is_rejected_before_any_training():
+    sweeps = [{"id": "hidden", "noises": ["binarize"], "levels": {"binarize": [0, 1.5]}}]
+    with pytest.raises(Exception, match=r"sweep 'hidden'.*binarize needs a fraction 0 <= p <= 1, got 1.5"):
+        targets.parse({**STUDY, "study": {"output": "mini", "draws": 2, "sweeps": sweeps}}, "mini_study.yaml")

@@ -220,7 +220,7 @@ def test_cli_sweep_writes_csv_md_png_and_leaves_checkpoints_untouched(trained, t
     for heading in ("## 1.", "## 2.", "## 3.", "## 4.", "## 5.", "## 6."):
         assert heading in claims
     assert "Not tested: no such sweep." in claims  # a missing sweep (power) says so
-    assert "| sign | 1 | 0 (the trained net itself) | no-op by construction (not counted) |" in claims
+    assert "| sign | 1 | – (the trained net's own weights) | no-op by construction (not counted) |" in claims
     # the same claims wherever written; the CSVs are named relative to claims.md when beside it
     assert write_claims([out], tmp_path / "elsewhere").read_text().replace(f"{out}/", "") == claims
 
@@ -403,7 +403,7 @@ def test_claims_verdicts_follow_the_interval_and_never_count_no_ops():
     assert line["stochastic_binary"].endswith("| **contradicted** |")
     assert "holds for 1 of 3 comparisons, contradicted by 1" in section
     binarize = md.split("## 3.")[1].split("## 4.")[0]
-    assert "| sign | 3 | 0 (the trained net itself) | no-op by construction (not counted) |" in binarize
+    assert "| sign | 3 | – (the trained net's own weights) | no-op by construction (not counted) |" in binarize
     assert claims_markdown(pd.DataFrame(rows)) == md  # the bootstrap is seeded by its key: same file
 
 
@@ -430,3 +430,33 @@ def test_bootstrap_intervals_cover_the_mean_and_shrink_with_agreement():
     diff = st.curve_difference(tight, [{1.0: np.array([0.0, 0.01])}] * 3, "d")
     assert diff.excludes_zero() and diff.mean == pytest.approx(5.015 - 0.005)
     assert st.crossing(np.array([0.0, 0.1, 0.3]), np.array([0.0, 1.0, 3.0]), 2.0) == pytest.approx(0.2)
+
+
+def test_crossing_interval_interpolates_in_log_p_and_says_when_it_is_not_reached():
+    import numpy as np
+
+    from bnnrepro.robustness import statistics as st
+
+    levels = np.array([0.0, 0.001, 0.01, 0.1])
+    # from 0.001 (excess 1) to 0.01 (excess 3): the threshold 2 is half way in log p
+    assert st.crossing(levels, np.array([0.0, 1.0, 3.0, 9.0]), 2.0, log=True) == pytest.approx(10 ** -2.5)
+    assert st.crossing(levels, np.array([0.0, 1.0, 3.0, 9.0]), 2.0) == pytest.approx(0.0055)
+    assert st.crossing(levels, np.array([5.0, 6.0, 7.0, 8.0]), 2.0) == 0.0   # already there undistorted
+    assert math.isnan(st.crossing(levels, np.array([0.0, 0.1, 0.2, 0.3]), 2.0))
+    runs = [{0.0: np.array([0.0]), 0.01: np.array([1.0, 1.2]), 0.1: np.array([x, x])} for x in (1.5, 3.0, 8.0)]
+    ci = st.crossing_interval(runs, 2.0, "k", log=True)
+    assert 0.01 < ci.mean < 0.1 and ci.low <= ci.mean and math.isinf(ci.high)  # some replicates never double
+
+
+def test_intervals_of_three_seeds_are_t_intervals_not_percentiles():
+    import numpy as np
+    from scipy.stats import t
+
+    from bnnrepro.robustness import statistics as st
+
+    values = (1.0, 2.0, 6.0)
+    runs = [{1.0: np.array([x])} for x in values]   # deterministic levels: only the seeds vary
+    ci = st.curve_interval(runs, "k")
+    half = t.ppf(0.975, 2) * np.std(values, ddof=1) / np.sqrt(3)
+    assert ci.mean == pytest.approx(3.0) and (ci.high - ci.low) / 2 == pytest.approx(half, rel=0.05)
+    assert math.isnan(st.curve_interval(runs[:1], "k").low)  # one seed: no interval

@@ -296,6 +296,14 @@ def _study(raw: Any, where: str) -> Study | None:
                                                                   for x in v) for k, v in levels.items()):
             raise TargetsError(f"{ssw}: levels must map some of its noises ({', '.join(noises)}) to lists of numbers")
         levels = tuple((k, tuple(float(x) for x in v)) for k, v in levels.items())
+        if levels:  # a bad level fails now, not after the nets have trained
+            from ..robustness.distortions import get_distortion
+
+            for noise, values in levels:
+                try:
+                    get_distortion(noise).check_levels(values)
+                except ValueError as err:
+                    raise TargetsError(f"{ssw}: {err}") from None
         sweeps.append(Sweep(sid, noises, str(s.get("weights", "hidden")), bn, str(s.get("out", ".")), engine,
                             levels))
     draws = raw.get("draws", 5)

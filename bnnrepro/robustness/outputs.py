@@ -69,8 +69,9 @@ def noise_markdown(noise: str, draws: pd.DataFrame, by_run: pd.DataFrame, agg: p
              f"* **Test error** (%) on the whole test set ({int(first['test_size'])} images): mean ± std "
              "over all draws of all seeds of a training projection (the std includes the seed spread).",
              "* **Excess error**: the distorted error minus the trained net's own test error (points), "
-             "mean over seeds, 95 % two-level bootstrap interval (seeds, then draws). 'no-op': the "
-             "distorted net computes with exactly the trained net's weights (by construction).",
+             "mean over seeds, 95 % interval: mean ± t(0.975, n - 1) × the two-level bootstrap standard "
+             "error (seeds, then draws). 'no-op': the distorted net computes with the trained net's "
+             "weights (by construction; with `--bn-recalibrate` its BN statistics are re-estimated).",
              f"* **Scale** of the trained runs: {', '.join(sorted(by_run['scale'].unique()))}.",
              f"* **Effective bits**: {BITS_DEFINITION.format(signal=opts.signal)}.",
              "", "## Test error (%) by level and training projection", "", level_table(agg, noise), "",
@@ -83,7 +84,9 @@ def noise_markdown(noise: str, draws: pd.DataFrame, by_run: pd.DataFrame, agg: p
     if noise == "bitflip":
         lines += ["## Where the error doubles", "",
                   "The flip probability p at which the mean error reaches twice the trained net's, "
-                  "interpolated in log p between levels, with its 95 % bootstrap interval (seeds, then draws).",
+                  "interpolated in log p between levels, with the percentile interval of its two-level "
+                  "bootstrap (seeds, then draws; narrower than 95 % with 3 seeds; '> tested': beyond the "
+                  "strongest level).",
                   "", doubling_table(draws), ""]
     lines += ["## Tolerance: the error stays within 1 point of the trained net's", "",
               "Linear interpolation between levels; '–': even the mildest distorted level exceeds it.", "",
