@@ -43,6 +43,8 @@ class Interval:
     def text(self, digits: int = 2) -> str:
         if math.isnan(self.mean):
             return "–"
+        if math.isnan(self.low):  # one seed: no interval
+            return f"{self.mean:+.{digits}f} (n = {self.n})"
         return f"{self.mean:+.{digits}f} [{self.low:+.{digits}f}, {self.high:+.{digits}f}]"
 
 
