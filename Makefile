@@ -18,7 +18,7 @@ help:
 	@echo "make test-all  every test, slow ones included"
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch float32 -> results/kernels.md"
-	@echo "make study-merolla   Merolla et al. robustness study on MNIST and Fashion-MNIST (bnnrepro table merolla_study: 42 nets + sweeps)"
+	@echo "make study-merolla   Merolla et al. robustness study on MNIST and Fashion-MNIST (bnnrepro table merolla_study: 36 nets + sweeps)"
 	@echo "make bitflip-packed  bit errors in the packed weight bits of BNN MNIST nets (bnnrepro table bitflip_packed)"
 	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
 	@echo "make tables / make table-<paper>   paper-vs-reproduced tables at SCALE (JOBS=2 THREADS=1 on 2 cores)"
