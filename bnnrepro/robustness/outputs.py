@@ -111,8 +111,10 @@ def write_outputs(rows: list[dict], noises: list[str], out: Path, opts: SweepOpt
         paths[".md"].write_text(noise_markdown(noise, sub, by_run, agg, opts, argv, command))
         written += [paths[".csv"], paths["_draws.csv"], paths[".md"]]
         if plot:
+            engine = " (packed engine)" if opts.engine == "packed" else ""
+            bn = f", BN re-estimated on {opts.bn_recalibrate} images" if opts.bn_recalibrate else ""
             title = (f"{', '.join(sorted(sub['dataset'].unique()))}: {noise} distortion of the "
-                     f"{opts.weights} weights ({', '.join(sorted(sub['scale'].unique()))} scale)")
+                     f"{opts.weights} weights{engine}{bn} ({', '.join(sorted(sub['scale'].unique()))} scale)")
             bits_axis = opts.distortion.sigma_scale == "std" and opts.signal == "variance"
             written.append(plot_noise(agg, noise, paths[".png"], title, bits_axis=bits_axis, draws=sub))
     return written
