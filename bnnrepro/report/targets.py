@@ -41,6 +41,23 @@ builds (``name:`` at the top, default the paper). A table may also set::
           - claim: "8/8/8 about float"
             within: [dorefa-w8a8g8, dorefa-w32a32g32]  # the errors differ by at most `points`
             points: 0.5
+
+A target may be a study (report/study.py): test-time distortion sweeps of the nets its first table
+counts::
+
+    study:
+      output: merolla                  # <out>/merolla/
+      split_by: dataset                # one folder (and claims.md) per dataset (default: one folder)
+      claims: true                     # write claims.md (default true)
+      draws: 5                         # draws per random level
+      sweeps:
+        - id: hidden                   # the record's name: runs/<run>/sweeps/hidden.{csv,json}
+          noises: [additive, bitflip]
+          weights: hidden              # hidden (default) | effective | hidden_projected
+          bn_recalibrate: 0            # re-estimate BN on this many training images
+          engine: torch                # torch (default) | packed (bitflip of a W1A1 net's packed bits)
+          out: "."                     # folder under the study's output
+          levels: {bitflip: [0, 0.001, 0.01]}   # per noise (checked when read); default: its own
 """
 from __future__ import annotations
 
