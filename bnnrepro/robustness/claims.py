@@ -92,10 +92,7 @@ class Curves:
                           & (self.df["projection"] == projection) & keep]
             if levels is not None:
                 sub = sub[sub["level"].isin(levels)]
-            out = []
-            for _, g in sub.groupby("run", sort=True):
-                out.append({float(level): h["excess"].to_numpy(float) for level, h in g.groupby("level")})
-            self._cache[key] = out
+            self._cache[key] = st.runs_of(sub)
         return self._cache[key]
 
     def noop_only(self, mode: str, noise: str, projection: str, levels: tuple[float, ...] | None = None) -> bool:

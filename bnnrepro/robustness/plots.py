@@ -20,8 +20,7 @@ def _bands(draws: pd.DataFrame, projection: str, levels) -> tuple[list[float], l
     from . import statistics as st
 
     g = draws[draws["projection"] == projection]
-    runs = [{float(level): h["error"].to_numpy(float) for level, h in r.groupby("level")}
-            for _, r in g.groupby("run", sort=True)]
+    runs = st.runs_of(g, "error")
     cis = st.per_level_intervals(runs, "plot", projection, ",".join(sorted(g["noise"].unique())))
     return ([cis[float(v)].low if float(v) in cis else float("nan") for v in levels],
             [cis[float(v)].high if float(v) in cis else float("nan") for v in levels])

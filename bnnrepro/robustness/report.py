@@ -157,8 +157,7 @@ def excess_table(draws: pd.DataFrame, noise: str) -> str:
     cells = {}
     for p in projections:
         g = sub[(sub["projection"] == p) & ~sub["noop"]]
-        runs = [{float(level): h["excess"].to_numpy(float) for level, h in r.groupby("level")}
-                for _, r in g.groupby("run", sort=True)]
+        runs = st.runs_of(g)
         key = (",".join(sorted(sub["dataset"].unique())), noise, p, str(sub["weights"].iloc[0]),
                int(sub["bn_recalibrate"].iloc[0]))
         cells[p] = st.per_level_intervals(runs, *key) if runs else {}
@@ -185,8 +184,7 @@ def doubling(draws: pd.DataFrame, projection: str):
 
     g = draws[draws["projection"] == projection]
     g = g.assign(excess=g["error"] - g["trained_error"])
-    runs = [{float(level): h["excess"].to_numpy(float) for level, h in r.groupby("level")}
-            for _, r in g.groupby("run", sort=True)]
+    runs = st.runs_of(g)
     trained = float(g.groupby("run")["trained_error"].first().mean())
     key = ("doubling", projection, ",".join(sorted(g["dataset"].unique())), ",".join(sorted(g["noise"].unique())),
            ",".join(sorted(g["weights"].unique())), int(g["bn_recalibrate"].max()))

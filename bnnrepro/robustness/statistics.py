@@ -55,6 +55,12 @@ def rng_for(*key) -> np.random.Generator:
 Runs = list[dict[float, np.ndarray]]  # per run: level -> the excess of each draw at that level
 
 
+def runs_of(frame, column: str = "excess") -> Runs:
+    """A frame of draw rows (columns run, level and ``column``) as :data:`Runs`, runs sorted."""
+    return [{float(level): h[column].to_numpy(float) for level, h in r.groupby("level")}
+            for _, r in frame.groupby("run", sort=True)]
+
+
 def common_levels(runs: Runs) -> list[float]:
     """The levels every run has, sorted."""
     levels = set(runs[0]) if runs else set()
