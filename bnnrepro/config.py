@@ -60,6 +60,9 @@ class OptimConfig:
     lr_scale: str = "glorot"            # glorot | glorot_pow2 | none
     lr_scale_layers: str = "clipping"   # clipping (layers that clip latent weights: BNN) | all quantized layers
     clip_latent: bool = True            # clip latent weights of binary layers to [-1, 1] after each step
+    # one fused kernel per parameter (torch's fused Adam/SGD, foreach Adamax, shift-AdaMax in Numba):
+    # the same update, to float rounding; false: the per-tensor reference implementations
+    fused: bool = True
 
 
 @dataclass
@@ -75,6 +78,11 @@ class TrainConfig:
     # matmuls/convs take bf16 inputs (exact for +-1 operands), while latent weights, optimizer state,
     # the quantizers' fp32 inputs on weights, the loss and evaluation stay fp32.
     amp: str = "none"                   # none | bf16
+    # matmul precision of the layers whose operands are exactly +-1 (binary weights x binary
+    # activations): bf16 operands, fp32 sums, so their forward outputs are bit-identical to fp32;
+    # every other layer stays fp32. auto: bf16 only on bf16 matrix hardware (AMX, AVX512-BF16, tensor
+    # cores); the choice is recorded in summary.json. (amp=bf16, by contrast, rounds every layer.)
+    precision: str = "auto"             # auto | fp32 | bf16
     channels_last: bool = False         # NHWC memory format for conv models (faster convs on GPUs)
     compile: bool = False               # torch.compile the training forward (inductor needs a C++ compiler)
 
@@ -135,6 +143,7 @@ CHOICES = {
     "optim.lr_scale_layers": ("clipping", "all"),
     "train.loss": ("squared_hinge", "cross_entropy"),
     "train.amp": ("none", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16"),
     "device": ("cpu", "cuda", "auto"),
     "logger.name": ("local", "wandb"),
 }

@@ -164,3 +164,20 @@ def test_bitplane_conv2d_equals_plain_conv():
 def test_bitplanes_rejects_float():
     with pytest.raises(TypeError):
         bitplanes(torch.rand(3))
+
+
+def test_ap2_rounds_exactly_in_the_log_domain():
+    """ap2's bit operations against the formula in float64, over 2^-60..2^60 and both signs, with
+    the float32 neighbours of sqrt(2) * 2^e, where rounding log2 in float32 could go either way."""
+    from bnnrepro.quant.qnn import ap2_reference
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(200_000, generator=g) * torch.exp2(torch.randint(-60, 60, (200_000,), generator=g).float())
+    root2 = torch.tensor(2.0).sqrt().float()
+    near = torch.stack([torch.nextafter(root2, torch.tensor(0.0)), root2, torch.nextafter(root2, torch.tensor(2.0))])
+    near = (near[None, :] * torch.exp2(torch.arange(-40.0, 41.0))[:, None]).flatten()
+    x = torch.cat([x, near, -near, torch.tensor([0.0, -0.0, float("inf"), -float("inf")])])
+    assert torch.equal(ap2(x), ap2_reference(x))
+    # below sqrt(2) rounds down, from the first float32 above it up
+    assert ap2(root2).item() == 1.0 and ap2(torch.nextafter(root2, torch.tensor(2.0))).item() == 2.0
+    assert not torch.isfinite(ap2(torch.tensor([float("nan")]))).any()

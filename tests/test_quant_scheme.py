@@ -77,7 +77,9 @@ def test_smoke_run_metrics_as_before(name, mnist_root):
     if not _has_avx512():
         pytest.skip("the smoke-run snapshot is bit-exact on AVX-512 CPUs only (this one has none)")
     old = SNAPSHOT["smoke_runs"][name]
-    assert snap.smoke_metrics(old["overrides"], str(mnist_root)) == old["metrics"]
+    # recorded with the per-tensor optimizers in fp32; the fused ones round differently
+    overrides = old["overrides"] + ["optim.fused=false", "train.precision=fp32"]
+    assert snap.smoke_metrics(overrides, str(mnist_root)) == old["metrics"]
 
 
 # ------------------------------------------------------------------ the conf/quant group

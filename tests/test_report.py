@@ -359,7 +359,7 @@ def _plan_with_missing():
     (["nosuch"], "unknown target 'nosuch'; allowed: bnn, qnn, dorefa, merolla, bitflip_packed, merolla_study, quant_grid, all"),
     (["bnn", "seed=a,b"], "seed='a,b' must be comma-separated integers"),
     (["bnn", "seed=1,1"], "must list distinct non-negative integers"),
-    (["bnn", "scale=huge"], "scale='huge': no such option in group `scale` (allowed: paper, quick, smoke)"),
+    (["bnn", "scale=huge"], "scale='huge': no such option in group `scale` (allowed: medium, paper, quick, smoke)"),
     (["bnn", "scale=quik"], "did you mean `scale=quick`?"),
     (["bnn", "--jobs", "0"], "--jobs and train.num_threads must be positive"),
     (["bnn", "--scale", "smoke"], "table: --scale is gone; write scale=NAME"),

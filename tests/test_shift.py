@@ -145,3 +145,44 @@ def test_adamax_with_glorot_param_groups():
     model(torch.randn(5, 1, 4, 4)).square().sum().backward()
     opt.step()
     assert all(math.log2(g["lr"]).is_integer() for g in opt.param_groups)
+
+
+def _adamax_trajectory(fused: bool, seed: int = 0) -> list[torch.Tensor]:
+    """Parameters and state after steps with gradients of very different scales (so u's AP2 and
+    the bias-corrected step take many exponents), two groups with their own lr."""
+    g = torch.Generator().manual_seed(seed)
+    params = [nn.Parameter(torch.randn(64, 33, generator=g)), nn.Parameter(torch.randn(17, generator=g)),
+              nn.Parameter(torch.randn(3, 5, 7, generator=g))]
+    opt = ShiftAdaMax([{"params": params[:1], "lr": 2**-3}, {"params": params[1:], "lr": 2**-6}],
+                      fused=fused)
+    for k in range(8):
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g) * 10.0 ** (3 - k)
+        params[1].grad[:2] = 0.0  # u then falls to eps (2^-27) and below 2^-126 / sqrt(2) never
+        opt.step()
+    state = [t for p in params for t in (opt.state[p]["exp_avg"], opt.state[p]["exp_inf"])]
+    return [p.detach() for p in params] + state
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_adamax_is_the_reference_bit_for_bit(seed):
+    fused, reference = _adamax_trajectory(True, seed), _adamax_trajectory(False, seed)
+    for a, b in zip(fused, reference):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("make", [lambda: torch.randn(6, 4, dtype=torch.float64),
+                                  lambda: torch.randn(4, 6).t()],  # float64; not contiguous
+                         ids=["float64", "strided"])
+def test_fused_adamax_falls_back_to_the_reference_where_it_cannot_fuse(make):
+    torch.manual_seed(0)
+    start = make()
+    results = []
+    for fused in (True, False):
+        p = nn.Parameter(start.clone() if start.is_contiguous() else start.clone().t().contiguous().t())
+        opt = ShiftAdaMax([p], lr=2**-6, fused=fused)
+        for k in range(3):
+            p.grad = torch.full_like(p, 0.1 * (k + 1))
+            opt.step()
+        results.append(p.detach())
+    assert not torch.equal(results[0], start) and torch.equal(results[0], results[1])

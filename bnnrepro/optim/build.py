@@ -38,19 +38,25 @@ def param_groups(model: nn.Module, lr: float, lr_scale: str, layers: str = "clip
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """``cfg.fused`` (default): one kernel per parameter where torch has one (Adam, SGD; Adamax
+    takes the multi-tensor path), ShiftAdaMax's Numba loop; false: the per-tensor references."""
     groups = param_groups(model, cfg.lr, cfg.lr_scale, cfg.get("lr_scale_layers", "clipping"))
+    fused = bool(cfg.get("fused", False))
+    # torch's fused kernels exist on CPU and CUDA for floating-point parameters only
+    fused_ok = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
     if cfg.name == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                weight_decay=cfg.weight_decay)
+                                weight_decay=cfg.weight_decay, fused=fused_ok or None)
     if cfg.name == "adamax":
         return torch.optim.Adamax(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, foreach=fused or None)
     if cfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused_ok or None)
     if cfg.name == "shift_adamax":
         from .shift_adamax import ShiftAdaMax
 
-        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas))
+        return ShiftAdaMax(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
     raise ValueError(f"optim.name={cfg.name!r} is unknown; allowed: adam, adamax, shift_adamax, sgd")
 
 

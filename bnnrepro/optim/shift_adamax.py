@@ -12,11 +12,18 @@ Torch7's adamax. The learning rate is each param group's ``lr`` (so BNN's Glorot
 by putting layers in groups, ``optim.param_groups``): with a Torch7-style power-of-two scale
 (``glorot_pow2``) the rounded step equals Torch7's AP2(lr / bc) * scale exactly; an unrounded scale
 is rounded together with lr. Latent-weight clipping is left to ``LatentWeightClipper``.
+
+``fused=True`` runs the whole update of a float32 CPU parameter as one Numba loop (read p, g, m,
+u once, write p, m, u once) instead of about ten tensor passes; ``fused=False`` is the tensor
+reference, bit for bit the same result (tests/test_shift.py): the products are rounded one by one
+(no fused multiply-add), and the step and AP2(u) are powers of two, so the division and the
+multiplication by the step are exact in either order.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..quant import ap2
@@ -26,13 +33,61 @@ def _pow2(x: float) -> float:
     return 2.0 ** round(math.log2(x))
 
 
+_KERNEL = None
+
+
+def _fused_kernel():
+    """The Numba loop (compiled on first use, cached on disk)."""
+    global _KERNEL
+    if _KERNEL is None:
+        import numba
+
+        from ..quant.qnn import _AP2_CARRY
+
+        carry = np.int32(_AP2_CARRY)
+        # 2**(E - 127) for each biased float32 exponent E (E = 0: 0, E = 255: inf), so AP2(u) is a
+        # table entry picked by the exponent bits quant.ap2 computes
+        powers = np.zeros(256, np.float32)
+        powers[1:255] = np.exp2(np.arange(1, 255) - 127.0)
+        powers[255] = np.inf
+
+        @numba.njit
+        def maximum(a, b):  # torch.maximum: NaN wins
+            if a != a or b != b:
+                return a + b
+            if a >= b:
+                return a
+            return b
+
+        @numba.njit(parallel=True, cache=True)
+        def step(p, g, m, u, u_bits, beta1, one_minus_beta1, beta2, eps, minus_step_size):
+            for i in numba.prange(p.size):
+                gi = g[i]
+                mi = m[i] * beta1 + gi * one_minus_beta1
+                ui = maximum(u[i] * beta2, abs(gi) + eps)
+                m[i] = mi
+                u[i] = ui
+                # u >= 0: AP2(u)'s exponent bits; inf stays inf; a NaN u picks 0, but its m is NaN
+                # too, so p turns NaN as in the reference
+                ap2_u = powers[((u_bits[i] + carry) >> 23) & 255]
+                p[i] = p[i] + minus_step_size * mi / ap2_u
+
+        _KERNEL = step
+    return _KERNEL
+
+
+def _fusable(p: torch.Tensor) -> bool:
+    return p.device.type == "cpu" and p.dtype == torch.float32 and p.is_contiguous()
+
+
 class ShiftAdaMax(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 2.0**-10, betas=(0.9, 0.999), eps: float = 2.0**-27):
+    def __init__(self, params, lr: float = 2.0**-10, betas=(0.9, 0.999), eps: float = 2.0**-27,
+                 fused: bool = False):
         if lr <= 0:
             raise ValueError(f"ShiftAdaMax lr={lr} must be > 0")
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"ShiftAdaMax betas={betas} must be in [0, 1)")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, fused=fused))
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -52,8 +107,16 @@ class ShiftAdaMax(torch.optim.Optimizer):
                     state["exp_inf"] = torch.zeros_like(p)
                 state["step"] += 1
                 m, u = state["exp_avg"], state["exp_inf"]
-                m.mul_(beta1).add_(p.grad, alpha=1 - beta1)
-                torch.maximum(u * beta2, p.grad.abs() + group["eps"], out=u)
                 step_size = _pow2(group["lr"] / (1 - beta1 ** state["step"]))
+                if group["fused"] and _fusable(p):
+                    f32 = np.float32
+                    u_flat = u.view(-1).numpy()
+                    _fused_kernel()(p.detach().view(-1).numpy(), p.grad.contiguous().view(-1).numpy(), m.view(-1).numpy(),
+                                    u_flat, u_flat.view(np.int32), f32(beta1), f32(1 - beta1), f32(beta2),
+                                    f32(group["eps"]), f32(-step_size))
+                    continue
+                # the products rounded one by one, as the fused loop computes them
+                m.mul_(beta1).add_(p.grad * (1 - beta1))
+                torch.maximum(u * beta2, p.grad.abs() + group["eps"], out=u)
                 p.addcdiv_(m, ap2(u), value=-step_size)
         return loss

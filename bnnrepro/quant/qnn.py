@@ -17,9 +17,32 @@ from .registry import register
 from .ste import SteSign, ste
 
 
+# float32 |x| = 2**e * 1.m rounds up to 2**(e+1) exactly when 1.m >= sqrt(2), i.e. when its 23
+# mantissa bits are >= those of the smallest float32 >= sqrt(2) (0x3FB504F4): adding the rest of
+# 2**23 to the bits carries into the exponent then, and masking keeps the exponent alone
+_AP2_CARRY = (1 << 23) - 0x3504F4
+_EXPONENT, _MAGNITUDE, _SIGN = 0x7F800000, 0x7FFFFFFF, -(1 << 31)
+
+
+def ap2_reference(x: torch.Tensor) -> torch.Tensor:
+    """AP2 by its formula sign(x) * 2**round(log2|x|), in float64 (the twin of :func:`ap2`)."""
+    d = x.double()
+    return (torch.sign(d) * torch.exp2(torch.round(torch.log2(d.abs())))).to(x.dtype)
+
+
 def ap2(x: torch.Tensor) -> torch.Tensor:
-    """Nearest power of two, rounded in the log domain: sign(x) * 2**round(log2|x|); AP2(0) = 0."""
-    return torch.sign(x) * torch.exp2(torch.round(torch.log2(x.abs())))
+    """Nearest power of two, rounded in the log domain: sign(x) * 2**round(log2|x|); AP2(0) = 0.
+
+    float32 takes integer operations on the bits (no log2/exp2), exact where the float32 formula
+    could round log2 onto a half: the result is 2**(e+1) exactly when |x| >= sqrt(2) * 2**e.
+    |x| below 2**-126 / sqrt(2) (subnormal) gives 0, infinities stay, NaN becomes an infinity (so a
+    diverged tensor stays non-finite). Other dtypes take the formula."""
+    if x.dtype != torch.float32:
+        return torch.sign(x) * torch.exp2(torch.round(torch.log2(x.abs())))
+    bits = x.view(torch.int32)
+    # NaN's magnitude bits would carry into the sign bit: clamped to infinity's first
+    magnitude = (bits & _MAGNITUDE).clamp_max_(_EXPONENT)
+    return magnitude.add_(_AP2_CARRY).bitwise_and_(_EXPONENT).bitwise_or_(bits & _SIGN).view(torch.float32)
 
 
 @register("qnn_linear")

@@ -19,12 +19,15 @@ import torch
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1; values are exactly +-1 in x's dtype."""
-    return torch.where(x >= 0, torch.ones_like(x), -torch.ones_like(x))
+    """sign with sign(0) = +1 (-0.0 too); values are exactly +-1 in x's dtype, NaN stays NaN.
+
+    sign(x) + 1/2 is -1/2, 1/2 or 3/2, whose sign is -1, 1, 1: two vectorised passes on one buffer,
+    several times faster on CPU than ``where(x >= 0, 1, -1)``."""
+    return torch.sign(x).add_(0.5).sign_()
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1) / 2).clamp(0, 1)
+    return (x + 1).mul_(0.5).clamp_(0, 1)  # = ((x + 1) / 2).clamp(0, 1), on one buffer
 
 
 _OUTWARD: dict[tuple, float] = {}
@@ -59,8 +62,9 @@ class SteSign(torch.autograd.Function):
         ctx.clip = clip
         if stochastic:
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            # +1 with probability hard_sigmoid(x); hard_sigmoid(x) == 1 for x >= 1, so never -1 there
-            return torch.where(u < hard_sigmoid(x), torch.ones_like(x), -torch.ones_like(x))
+            # +1 with probability hard_sigmoid(x) (u < p; p == 1 for x >= 1, so never -1 there):
+            # p - u is > 0 exactly when u < p, and sign(p - u) - 1/2 has the sign wanted
+            return hard_sigmoid(x).sub_(u).sign_().sub_(0.5).sign_()
         return sign_pm1(x)
 
     @staticmethod
@@ -68,7 +72,7 @@ class SteSign(torch.autograd.Function):
         (x,) = ctx.saved_tensors
         if ctx.clip is None:
             return grad, None, None, None
-        return grad * (x.abs() <= ctx.clip).to(grad.dtype), None, None, None
+        return window_grad(grad, x, -ctx.clip, ctx.clip), None, None, None
 
 
 class Ste(torch.autograd.Function):

@@ -1,0 +1,44 @@
+"""optim.fused: the fused optimizers take the same steps as the per-tensor references, to float rounding."""
+from __future__ import annotations
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from bnnrepro.config import OptimConfig
+from bnnrepro.models import build
+from bnnrepro.optim import LatentWeightClipper, build_optimizer
+
+
+def _trained(name: str, fused: bool) -> list[torch.Tensor]:
+    torch.manual_seed(0)
+    model = build("mlp", input_shape=(1, 6, 6), num_classes=4, hidden=(32, 32))
+    cfg = OmegaConf.structured(OptimConfig(name=name, fused=fused, lr=2**-6 if name == "shift_adamax" else 1e-2))
+    opt = build_optimizer(model, cfg)
+    clip = LatentWeightClipper(model)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(5):
+        x, y = torch.randn(16, 1, 6, 6, generator=g), torch.randint(0, 4, (16,), generator=g)
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+        clip()
+    return [p.detach() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("name", ["adam", "adamax", "sgd", "shift_adamax"])
+def test_fused_steps_match_the_reference(name):
+    fused, reference = _trained(name, True), _trained(name, False)
+    for a, b in zip(fused, reference):
+        if name == "shift_adamax":
+            assert torch.equal(a, b)  # bit for bit (tests/test_shift.py)
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_is_what_the_optimizer_runs():
+    model = build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=(8,))
+    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name="adam")))
+    assert all(g["fused"] for g in opt.param_groups)
+    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name="adam", fused=False)))
+    assert not any(g["fused"] for g in opt.param_groups)
