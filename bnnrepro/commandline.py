@@ -216,6 +216,11 @@ def bench_parser(description: str = "Benchmark the packed binary kernels against
     p.add_argument("--no-write", action="store_true", help="do not write kernels.md/csv")
     p.add_argument("--no-compile", action="store_true", help="skip the fresh-process compile-time measurement")
     p.add_argument("--threads", type=int, help="threads for both numba and torch (default: all cores)")
+    p.add_argument("--train", action="store_true",
+                   help="time a training step of each protocol against a float net of its shape "
+                        "-> train_speed.md (see bnnrepro.train.speed)")
+    p.add_argument("--protocols", metavar="IDS", help="--train: a comma list of protocols "
+                   "(quick-mlp, torch7-mlp, theano-mlp, convnet-quick; default all)")
     return p
 
 

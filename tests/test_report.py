@@ -72,15 +72,37 @@ def test_every_reproduced_row_composes_and_validates(paper):
 
 def test_bnn_table1_rows_are_the_papers():
     (table,) = targets.load("bnn").tables
-    cells = {(r.labels["method"], r.labels["dataset"]): (r.paper.display(), r.paper.tag) for r in table.rows}
+    at_command_scale = [r for r in table.rows if r.scale is None]
+    cells = {(r.labels["method"], r.labels["dataset"]): (r.paper.display(), r.paper.tag) for r in at_command_scale}
     assert len(cells) == 20  # papers.md §a.1: 10 methods, the cells that have a number
     assert cells[("BNN (Theano)", "MNIST")] == ("0.96", "SEC")
     assert cells[("BNN (Theano)", "CIFAR-10")] == ("11.40", "SEC")
     assert cells[("BNN (Torch7)", "SVHN")] == ("2.53", "SEC")
     assert cells[("BinaryConnect (Courbariaux et al., 2015)", "MNIST")] == ("1.29±0.08", "SEC")
     assert cells[("Gated pooling (Lee et al., 2015)", "CIFAR-10")] == ("7.62", "SEC")
-    reproduced = {r.id for r in table.rows if r.overrides}
+    reproduced = {r.id for r in at_command_scale if r.overrides}
     assert reproduced == {f"{impl}-{d}" for impl in ("theano", "torch7") for d in ("mnist", "svhn", "cifar10")}
+    # the rows pinned to another scale repeat a cell's paper number with that cell's preset
+    pinned = {r.id: r for r in table.rows if r.scale is not None}
+    assert {i: (r.scale, r.seeds) for i, r in pinned.items()} == {
+        "torch7-mnist-paper": ("paper", (0,)), "theano-mnist-medium": ("medium", (0,))}
+    by_id = {r.id: r for r in table.rows}
+    for rid, r in pinned.items():
+        twin = by_id[rid.rsplit("-", 1)[0]]
+        assert (r.paper, r.overrides) == (twin.paper, twin.overrides)
+
+
+def test_a_pinned_row_is_planned_and_launched_at_its_own_scale_and_seeds(tmp_path):
+    from bnnrepro.report.plan import RowPlan
+
+    (table,) = targets.load("bnn").tables
+    row = next(r for r in table.rows if r.id == "theano-mnist-medium")
+    outcome = _make(tmp_path / "runs", tmp_path / "results")
+    line = _row(outcome, "theano-mnist-medium")
+    assert line["scale"] == "medium" and line["n"] == 0
+    plan = RowPlan(row, "medium", (0,), config=compose(list(row.overrides) + ["scale=medium"]))
+    (job,) = launch.plan_jobs([plan], "smoke", tmp_path)
+    assert "scale=medium" in job.argv and "seed=0" in job.argv
 
 
 def test_targets_errors_name_the_row_and_field():

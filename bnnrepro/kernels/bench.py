@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -23,61 +22,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..timing import environment, timed
+
 PEAK_REPS = 4096  # x 8192 words per thread per peak measurement
-
-
-# ---------------------------------------------------------------- environment
-
-def environment() -> dict:
-    import numba
-    from llvmlite import binding as llvm
-
-    feats = llvm.get_host_cpu_features()
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = {f: bool(feats.get(f, False)) for f in ("popcnt", "avx2", "avx512f", "avx512bw", "avx512vpopcntdq")}
-    try:
-        layer = numba.threading_layer()
-    except ValueError:
-        layer = "not initialised"
-    return {"cpu": model or platform.processor(), "llvm_cpu": llvm.get_host_cpu_name(), "flags": flags,
-            "torch_threads": torch.get_num_threads(), "numba_threads": numba.get_num_threads(),
-            "numba_threading_layer": layer, "torch": torch.__version__, "numba": numba.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "os_cpus": os.cpu_count(),
-            "mkldnn": torch.backends.mkldnn.is_available(),
-            "loadavg": " ".join(f"{v:.2f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"}
-
-
-# ---------------------------------------------------------------- timing
-
-def timed(fns, repeats: int, warmup: int = 2, block: int = 5) -> list[dict]:
-    """Time the functions in alternating blocks of ``block`` calls until each has ``repeats``
-    timings; seconds per call (median, IQR, min) of each. Every block starts with one untimed
-    call: torch and numba run separate OpenMP pools whose idle threads spin for a while after a
-    parallel region, and the first call after a switch would pay for the other pool's spinning."""
-    for _ in range(warmup):
-        for f in fns:
-            f()
-    times = [[] for _ in fns]
-    while len(times[0]) < repeats:
-        for f, ts in zip(fns, times):
-            f()
-            for _ in range(min(block, repeats - len(ts))):
-                t = time.perf_counter()
-                f()
-                ts.append(time.perf_counter() - t)
-    return [_stats(ts) for ts in times]
-
-
-def _stats(ts) -> dict:
-    q1, med, q3 = np.percentile(ts, [25, 50, 75])
-    return {"median_s": float(med), "iqr_s": float(q3 - q1), "min_s": float(np.min(ts)), "n": len(ts)}
 
 
 def measure_peak(repeats: int = 10) -> float:
@@ -365,6 +312,8 @@ def main(argv: list[str]) -> int:
 
         numba.set_num_threads(args.threads)
         torch.set_num_threads(args.threads)
+    if args.train:
+        return _train_bench(args, out_dir, "bnnrepro bench " + " ".join(argv))
     result = run(args.quick, args.repeats, not args.no_compile)
     result["command"] = "bnnrepro bench " + " ".join(argv)
     for r in result["rows"]:
@@ -384,3 +333,25 @@ def main(argv: list[str]) -> int:
     if args.json:
         commandline.write_json(json.dumps(result, indent=2), args.json)
     return 0 if all(r["check"] != "MISMATCH" for r in result["rows"]) else 1
+
+
+def _train_bench(args, out_dir: Path, command: str) -> int:
+    from .. import commandline
+    from ..errors import UsageError
+    from ..train import speed
+
+    try:
+        protocols = speed.select(args.protocols)
+    except ValueError as err:
+        raise UsageError(f"bnnrepro bench --train: {err}") from None
+    result = speed.run(protocols, args.repeats or (3 if args.quick else 7), profile=not args.quick)
+    result["command"] = command
+    for row in result["rows"]:
+        print(speed.summary_line(row))
+    env = result["environment"]
+    print(f"CPU: {env['cpu']}; bf16 matrix hardware: {env['bf16_hardware'] or 'none'}")
+    if not args.no_write:
+        print("wrote " + " and ".join(map(str, speed.write(result, out_dir))))
+    if args.json:
+        commandline.write_json(json.dumps(result, indent=2), args.json)
+    return 0

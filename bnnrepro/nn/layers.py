@@ -7,6 +7,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import quant
+from . import precision
 
 
 def _quantizer(spec) -> nn.Module:
@@ -79,13 +80,16 @@ class QuantLayer:
 
 
 class QuantLinear(nn.Linear, QuantLayer):
+    matmul_dtype = None  # torch.bfloat16: set by nn.precision.configure on +-1 x +-1 layers
+
     def __init__(self, in_features, out_features, bias=False, *, input_quantizer=None,
                  weight_quantizer=None, init="auto", grad_quantizer=None):
         super().__init__(in_features, out_features, bias=bias)
         self._init_quant(input_quantizer, weight_quantizer, init, grad_quantizer)
 
     def forward(self, x):
-        return self.grad_quantizer(F.linear(self.input_quantizer(x), self.quantized_weight(), self.bias))
+        return self.grad_quantizer(precision.linear(self.input_quantizer(x), self.quantized_weight(), self.bias,
+                                                    self.matmul_dtype))
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):

@@ -40,34 +40,34 @@ def _launcher(jobs: int) -> list[str]:
 def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int = 1,
               threads: int | None = 1) -> list[Job]:
     """New runs for every runnable row's missing seeds, and one resume sweep over interrupted runs."""
-    new: dict[tuple[str, ...], set[int]] = {}
+    new: dict[tuple[tuple[str, ...], str], set[int]] = {}  # (overrides, scale) -> seeds
     resume: dict[str, int] = {}
     for plan in plans:
         if not plan.reproduced or plan.blocked or plan.config is None:
             continue
         if plan.missing:
-            new.setdefault(tuple(plan.row.overrides), set()).update(plan.missing)
+            new.setdefault((tuple(plan.row.overrides), plan.scale), set()).update(plan.missing)
         for run in plan.interrupted.values():
             resume[str(Path(run.path).resolve())] = 1
     common = ["train.progress=false", "device=auto"]
     if threads:
         common.append(f"train.num_threads={threads}")
-    sweeps: dict[tuple[tuple[str, ...], tuple[int, ...]], int] = {}  # (overrides, seeds) -> runs
-    presets: dict[tuple[int, ...], list[str]] = {}                   # seeds -> bare presets
-    for overrides, seeds in new.items():
+    sweeps: dict[tuple, int] = {}                                    # (overrides, scale, seeds) -> runs
+    presets: dict[tuple[str, tuple[int, ...]], list[str]] = {}       # (scale, seeds) -> bare presets
+    for (overrides, row_scale), seeds in new.items():
         ordered = tuple(sorted(seeds))
         if len(overrides) == 1 and overrides[0].startswith("+experiment=") and "," not in overrides[0]:
-            presets.setdefault(ordered, []).append(overrides[0].split("=", 1)[1])
+            presets.setdefault((row_scale, ordered), []).append(overrides[0].split("=", 1)[1])
         else:
-            sweeps[(overrides, ordered)] = len(ordered)
-    for ordered, names in presets.items():
-        sweeps[(("+experiment=" + ",".join(names),), ordered)] = len(names) * len(ordered)
+            sweeps[(overrides, row_scale, ordered)] = len(ordered)
+    for (row_scale, ordered), names in presets.items():
+        sweeps[(("+experiment=" + ",".join(names),), row_scale, ordered)] = len(names) * len(ordered)
     out = []
-    for (overrides, ordered), runs in sweeps.items():
+    for (overrides, row_scale, ordered), runs in sweeps.items():
         seeds = ",".join(map(str, ordered))
-        argv = ("train", "-m", *overrides, f"scale={scale}", f"seed={seeds}",
+        argv = ("train", "-m", *overrides, f"scale={row_scale}", f"seed={seeds}",
                 f"runs_dir={_quote(str(Path(runs_dir).resolve()))}", *common, *_launcher(jobs))
-        out.append(Job(f"{' '.join(overrides)} scale={scale} seeds {seeds}", argv, runs))
+        out.append(Job(f"{' '.join(overrides)} scale={row_scale} seeds {seeds}", argv, runs))
     if resume:
         paths = sorted(resume)
         argv = ("train", "-m", "resume=" + ",".join(_quote(p) for p in paths), *_launcher(jobs))

@@ -57,7 +57,8 @@ def _seeds_of(table, seeds: tuple[int, ...] | None) -> tuple[int, ...]:
 
 def _plans(targets: list[Targets], scale: str, seeds: tuple[int, ...] | None, found: Scan, composer,
            check_data, has_cuda, allow_dirty: bool) -> list[list[RowPlan]]:
-    return [[plan_row(row, scale, _seeds_of(table, seeds), found, composer=composer, check_data=check_data,
+    return [[plan_row(row, row.scale or scale, row.seeds or _seeds_of(table, seeds), found, composer=composer,
+                      check_data=check_data,
                       has_cuda=has_cuda, allow_dirty=allow_dirty)
              for row in table.rows] for t in targets for table in t.tables]
 

@@ -33,9 +33,13 @@ def _run_links(ids: str) -> str:
 def _description(result: TableResult) -> str:
     seeds = ",".join(map(str, result.seeds))
     scale = f"scale={result.scale}" + (f" ({result.scale_description})" if result.scale_description else "")
+    own = [(p.row.id, p.scale, p.seeds, p.config.scale.description if p.config is not None else "")
+           for p in result.plans if p.row.scale or p.row.seeds]
+    pinned = "".join(f"; row `{rid}` at scale={sc} ({desc}), seeds {','.join(map(str, sd))}"
+                     for rid, sc, sd, desc in own)
     return (f"{metric_name(result.table)} of each run at its best-validation epoch (`summary.json`), "
-            f"mean ± sample std over seeds, n = seeds counted; requested seeds {seeds} at {scale}. "
-            "Δ = reproduced − paper.")
+            f"mean ± sample std over seeds, n = seeds counted; requested seeds {seeds} at {scale}"
+            f"{pinned}. Δ = reproduced − paper.")
 
 
 def markdown(result: TableResult, out_dir: Path) -> str:
@@ -60,7 +64,7 @@ def markdown(result: TableResult, out_dir: Path) -> str:
         lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
     notes = [f"- `{r['row']}`: {r['note']}" for _, r in df.iterrows() if r["note"]]
     notes += [f"- `{r['row']}` paper number: {r['paper_source']}" for _, r in df.iterrows() if r["paper_source"]]
-    presets = [f"- `{r['row']}`: `bnnrepro train {r['preset']} scale={result.scale} seed=<seed>`"
+    presets = [f"- `{r['row']}`: `bnnrepro train {r['preset']} scale={r['scale'] or result.scale} seed=<seed>`"
                for _, r in df.iterrows() if r["preset"]]
     lines += ["", "## Presets", "", "Each reproduced row's runs are those whose resolved config equals this "
               "command's (paths, seed, device, threads and logging aside):", ""] + presets

@@ -19,6 +19,9 @@ Every number and confidence tag comes from ``reference/papers.md``; a row names 
             overrides: [+experiment=bnn_mnist_theano]                    # runs that reproduce it
             needs_gpu_at: [paper]      # scales at which a CPU machine does not launch it
             note: ...                  # optional, shown with the row
+          - id: theano-mnist-medium    # a row may pin its scale and seeds (the command's are the
+            scale: medium              # other rows'): the same paper number at another protocol
+            seeds: [0]
           - id: maxout-mnist
             labels: {...}
             paper: {value: 0.94, tag: SEC}
@@ -103,6 +106,8 @@ class Row:
     not_reproduced: str | None = None
     needs_gpu_at: tuple[str, ...] = ()
     note: str | None = None
+    scale: str | None = None            # pinned scale (None: the table command's)
+    seeds: tuple[int, ...] | None = None  # pinned seeds (None: the table's or the command's)
 
 
 @dataclass(frozen=True)
@@ -246,8 +251,15 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
                            "the table command sets them")
     gpu = d.get("needs_gpu_at") or []
     paper = None if d.get("paper") is None else _number(d["paper"], where)
+    scale = d.get("scale")
+    if scale is not None and (not isinstance(scale, str) or not ID.match(scale)):
+        raise TargetsError(f"{where}: scale must be a scale preset's name (e.g. medium)")
+    seeds = d.get("seeds")
+    if seeds is not None and (not isinstance(seeds, list) or not seeds
+                              or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
+        raise TargetsError(f"{where}: seeds must be a non-empty list of integers")
     return Row(rid, dict(labels), paper, tuple(overrides), not_reproduced,
-               tuple(str(s) for s in gpu), d.get("note"))
+               tuple(str(s) for s in gpu), d.get("note"), scale, None if seeds is None else tuple(seeds))
 
 
 def _checks(raw: Any, where: str, row_ids: list[str], metric: str = "test_error") -> tuple[Check, ...]:

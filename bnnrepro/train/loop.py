@@ -18,6 +18,7 @@ from .. import data as datasets
 from ..config import (Config, effective_dropout_hidden, effective_epochs, effective_train_subset,
                       effective_width_mult, schedule_epochs, validate)
 from ..errors import CheckpointError, TrainingDiverged
+from ..nn import precision as matmul_precision
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
 from . import distributed
@@ -124,6 +125,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
                            train_subset=effective_train_subset(cfg), use_extra=cfg.data.use_extra,
                            image_size=cfg.data.image_size)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
+    precision = matmul_precision.configure(model, cfg.train.get("precision", "fp32"), device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ctx.wrap(model, device)  # distributed: BatchNorm over the global batch
@@ -162,9 +164,10 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
 
     logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
     if ctx.is_main:
-        _print_header(cfg, run_dir, splits, model, epochs, device, ctx.world)
+        _print_header(cfg, run_dir, splits, model, epochs, device, ctx.world, precision)
     n_train = train_x.shape[0]
     steps = num_batches(n_train, cfg.train.batch_size)
+    sync_every = 1 if device.type == "cpu" else 50
     for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.time()
         model.train()
@@ -173,27 +176,36 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         bar = tqdm(ctx.batches(train_x, train_y, cfg.train.batch_size, splits.preprocess, order, device),
                    total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5,
                    disable=not cfg.train.progress or not ctx.is_main, file=sys.stderr)
+        pending: list[tuple[int, torch.Tensor, int]] = []  # steps whose loss the host has not read
         for step, (xb, yb, n_global) in enumerate(bar, 1):
             if cfg.train.channels_last and xb.dim() == 4:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with autocast:  # bf16 matmuls/convs; parameters, quantized weights' source and loss stay fp32
                 out = train_model(xb)
             loss, global_loss = ctx.loss(loss_fn, out.float(), yb, n_global)
-            if not torch.isfinite(global_loss):
-                message = (f"loss is {float(global_loss)} at epoch {epoch}, step {step}; the last good "
-                           f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
-                if ctx.is_main:
-                    runs.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
-                                                                     "epoch": epoch, "step": step})
-                raise TrainingDiverged(message)
+            pending.append((step, global_loss.detach(), n_global))
+            # the host reads the losses every `sync_every` steps (1 on CPU, where reading is free: a
+            # non-finite loss stops the run before its step is taken); on a GPU, reading each one
+            # would stall the queue of kernels
+            if len(pending) >= sync_every or step == steps:
+                values = torch.stack([v for _, v, _ in pending]).cpu().tolist()
+                for (at, _, n), value in zip(pending, values):
+                    if not math.isfinite(value):
+                        message = (f"loss is {value} at epoch {epoch}, step {at}; the last good "
+                                   f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
+                        if ctx.is_main:
+                            runs.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
+                                                                             "epoch": epoch, "step": at})
+                        raise TrainingDiverged(message)
+                    loss_sum += value * n
+                    seen += n
+                pending.clear()
+                if step % 20 == 0 or sync_every > 1:
+                    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             clip()
-            loss_sum += float(global_loss) * n_global
-            seen += n_global
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         train_time = time.time() - t0
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
@@ -235,6 +247,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     if not ctx.is_main:
         return run_dir
     summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
+    summary["precision"] = precision
     summary["code_version_start"] = code_start
     summary["world_size"] = ctx.world
     runs.atomic_write_json(run_dir / SUMMARY, summary)
@@ -286,8 +299,13 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
     }
 
 
-def _print_header(cfg, run_dir, splits, model, epochs, device, world=1) -> None:
+def _print_header(cfg, run_dir, splits, model, epochs, device, world=1, precision=None) -> None:
     n_params = sum(p.numel() for p in model.parameters())
+    matmuls = ""
+    if precision:
+        layers = precision["bf16_layers"]
+        matmuls = (f"; +-1 layers' matmuls {precision['used']}"
+                   f"{f' ({len(layers)} layers)' if layers else ''} [{precision['reason']}]")
     print(f"bnnrepro train: {cfg.experiment or cfg.paper or cfg.model.name} on {cfg.data.name} "
           f"[scale={cfg.scale.name}: {cfg.scale.description}]\n"
           f"  model {cfg.model.name} ({n_params:,} params, width x{effective_width_mult(cfg):g}), "
@@ -295,5 +313,6 @@ def _print_header(cfg, run_dir, splits, model, epochs, device, world=1) -> None:
           f"{cfg.train.epochs} epochs (LR schedule: {cfg.optim.schedule} over {schedule_epochs(cfg)} epochs), "
           f"batch {cfg.train.batch_size}, {splits.train_x.shape[0]} train / {splits.val_x.shape[0]} val / "
           f"{splits.test_x.shape[0]} test; device {device}, {torch.get_num_threads()} threads"
-          f"{f', {world} processes (DDP, global batch)' if world > 1 else ''}\n"
+          f"{f', {world} processes (DDP, global batch)' if world > 1 else ''}"
+          f"{matmuls}\n"
           f"  run dir {run_dir}", file=sys.stderr)

@@ -1,0 +1,116 @@
+"""train.precision: bf16 matmuls on +-1 x +-1 layers, forward outputs bit-identical to fp32."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from bnnrepro.models import build
+from bnnrepro.nn import QuantLinear
+from bnnrepro.nn import precision
+from bnnrepro.train import fit
+from conftest import compose
+
+CPU = torch.device("cpu")
+
+
+def _pm1(*shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+
+
+@pytest.mark.parametrize("k", [1, 100, 256, 257, 1000, 4096])
+@pytest.mark.parametrize("activation", ["sign", "stochastic_sign"])
+def test_a_binary_layers_forward_is_bit_identical_in_bf16(k, activation):
+    layer = QuantLinear(k, 37, input_quantizer=activation, weight_quantizer="sign")
+    torch.manual_seed(k)
+    x = torch.randn(9, k)
+    layer.eval()  # deterministic sign for both activations
+    fp32 = layer(x)
+    assert precision.qualifying_layers(torch.nn.Sequential(layer)) == ["0"]
+    layer.matmul_dtype = torch.bfloat16
+    bf16 = layer(x)
+    assert bf16.dtype == torch.float32 and torch.equal(bf16, fp32)
+
+
+@pytest.mark.parametrize("k", [1001, 4095])
+def test_the_exact_matmul_holds_where_a_bf16_output_rounds(k):
+    x, w = torch.ones(3, k), torch.ones(5, k)
+    w[1] = -1
+    x[2, ::2] = -1
+    out = precision._exact_pm1_matmul(x, w)
+    assert torch.equal(out, x @ w.t()) and out[0, 0] == k and out[0, 1] == -k
+    # a plain bf16 matmul rounds a sum of k > 256 to 8 significant bits
+    assert torch.mm(x.bfloat16(), w.bfloat16().t())[0, 0].item() != k
+
+
+def test_bf16_backward_rounds_only_the_gradient():
+    x, w = _pm1(16, 600, seed=0).requires_grad_(), _pm1(40, 600, seed=1).requires_grad_()
+    grad = torch.randn(16, 40)
+    precision.Bf16PlusMinusOneLinear.apply(x, w).backward(grad)
+    want_x, want_w = grad @ w.detach(), grad.t() @ x.detach()
+    # grad in bf16 (8 bits): relative error about 2^-9 per term
+    torch.testing.assert_close(x.grad, want_x, rtol=0.02, atol=0.05)
+    torch.testing.assert_close(w.grad, want_w, rtol=0.02, atol=0.05)
+    assert not torch.equal(x.grad, want_x)  # it did run in bf16
+
+
+@pytest.mark.parametrize("dropout,qualify", [(0.0, True), (0.5, True), (0.75, True), (0.2, False)])
+def test_only_pm1_by_pm1_linear_layers_qualify(dropout, qualify):
+    bnn = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32, 32), dropout_hidden=dropout)
+    linears = [n for n, m in bnn.named_modules() if isinstance(m, QuantLinear)]
+    # not the first layer (its input is real-valued); a dropout scaling by 1.25 breaks exactness
+    assert precision.qualifying_layers(bnn) == (linears[1:] if qualify else [])
+
+
+def test_float_and_dorefa_nets_have_no_bf16_layers():
+    from bnnrepro.quant import QuantScheme
+
+    for quant in (QuantScheme.from_config({"weight": "identity", "activation": "htanh"}),
+                  QuantScheme.from_config({"weight": "dorefa_weight", "w_bits": 1, "activation": "dorefa_activation",
+                                           "a_bits": 2})):
+        assert precision.qualifying_layers(build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32,),
+                                                 quant=quant)) == []
+
+
+def test_a_bnn_nets_bf16_forward_is_bit_identical_in_train_mode_too():
+    torch.manual_seed(0)
+    net = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(300, 300), dropout_hidden=0.5)
+    x = torch.randn(20, 1, 8, 8)
+    outs = []
+    for p in ("fp32", "bf16"):
+        precision.configure(net, p, CPU)
+        torch.manual_seed(1)  # the same dropout masks
+        outs.append(net(x))
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.parametrize("requested,hardware,used", [
+    ("auto", None, "fp32"), ("auto", "amx_bf16", "bf16"), ("fp32", "amx_bf16", "fp32"), ("bf16", None, "bf16")])
+def test_auto_takes_bf16_only_on_bf16_hardware(requested, hardware, used):
+    model = build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=(8,))
+    record = precision.configure(model, requested, CPU, hardware=lambda device: hardware)
+    assert record["used"] == used and record["requested"] == requested
+    dtypes = [model.get_submodule(n).matmul_dtype for n in precision.qualifying_layers(model)]
+    assert dtypes == [torch.bfloat16 if used == "bf16" else None]
+    assert len(record["bf16_layers"]) == (1 if used == "bf16" else 0)
+
+
+def test_unknown_precision_names_the_field():
+    with pytest.raises(ValueError, match=r"train.precision='fp16'.*auto, fp32, bf16"):
+        precision.resolve("fp16", CPU)
+
+
+def test_a_run_records_its_precision_and_learns_in_bf16(mnist_root, runs_dir):
+    base = ["+paper=bnn", "scale=smoke", "scale.epochs=2", "scale.train_subset=2000", "train.progress=false",
+            f"data.root={mnist_root}"]
+    errors = {}
+    for p in ("fp32", "bf16"):
+        run = fit(compose(base + [f"train.precision={p}"]))
+        summary = json.loads((run / "summary.json").read_text())
+        assert summary["precision"]["used"] == p and summary["precision"]["requested"] == p
+        assert (len(summary["precision"]["bf16_layers"]) == 3) == (p == "bf16")
+        errors[p] = summary["test_error"]
+    # same seed, same data order: only the gradients' bf16 rounding differs
+    assert abs(errors["bf16"] - errors["fp32"]) < 5.0, errors
