@@ -82,7 +82,8 @@ class TrainConfig:
     # activations): bf16 operands, fp32 sums, so their forward outputs are bit-identical to fp32;
     # every other layer stays fp32. auto: bf16 only on bf16 matrix hardware (AMX, AVX512-BF16, tensor
     # cores); the choice is recorded in summary.json. (amp=bf16, by contrast, rounds every layer.)
-    precision: str = "auto"             # auto | fp32 | bf16
+    # Default fp32: auto would make one config train with other numerics on other machines.
+    precision: str = "fp32"             # auto | fp32 | bf16
     channels_last: bool = False         # NHWC memory format for conv models (faster convs on GPUs)
     compile: bool = False               # torch.compile the training forward (inductor needs a C++ compiler)
 

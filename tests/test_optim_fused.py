@@ -36,9 +36,11 @@ def test_fused_steps_match_the_reference(name):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_fused_is_what_the_optimizer_runs():
+@pytest.mark.parametrize("name,flag", [("adam", "fused"), ("sgd", "fused"), ("adamax", "foreach"),
+                                       ("shift_adamax", "fused")])
+def test_fused_is_what_the_optimizer_runs(name, flag):
     model = build("mlp", input_shape=(1, 4, 4), num_classes=3, hidden=(8,))
-    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name="adam")))
-    assert all(g["fused"] for g in opt.param_groups)
-    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name="adam", fused=False)))
-    assert not any(g["fused"] for g in opt.param_groups)
+    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name=name)))
+    assert all(g[flag] for g in opt.param_groups)
+    opt = build_optimizer(model, OmegaConf.structured(OptimConfig(name=name, fused=False)))
+    assert not any(g[flag] for g in opt.param_groups)

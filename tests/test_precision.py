@@ -74,14 +74,18 @@ def test_float_and_dorefa_nets_have_no_bf16_layers():
                                                  quant=quant)) == []
 
 
-def test_a_bnn_nets_bf16_forward_is_bit_identical_in_train_mode_too():
+@pytest.mark.parametrize("activation", ["sign", "stochastic_sign"])
+def test_a_bnn_nets_bf16_forward_is_bit_identical_in_train_mode_too(activation):
+    from bnnrepro.quant import QuantScheme
+
     torch.manual_seed(0)
-    net = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(300, 300), dropout_hidden=0.5)
+    net = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(300, 300), dropout_hidden=0.5,
+                quant=QuantScheme.from_config({"activation": activation}))
     x = torch.randn(20, 1, 8, 8)
     outs = []
     for p in ("fp32", "bf16"):
         precision.configure(net, p, CPU)
-        torch.manual_seed(1)  # the same dropout masks
+        torch.manual_seed(1)  # the same dropout masks and stochastic signs
         outs.append(net(x))
     assert torch.equal(outs[0], outs[1])
 

@@ -94,3 +94,14 @@ def test_htanh_is_the_float_activation_sign_binarizes():
     y.sum().backward()
     assert x.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0]
     assert torch.equal(quant.build("sign")(y), quant.build("sign")(X))
+
+
+def test_sign_of_nan_is_minus_one_as_the_packed_bits():
+    from bnnrepro.quant import sign_pm1
+    from bnnrepro.quant.ste import SteSign
+
+    x = torch.tensor([float("nan"), 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0])
+    want = torch.tensor([-1.0, 1.0, 1.0, 1.0, -1.0, 1.0, -1.0])
+    assert torch.equal(sign_pm1(x), want)
+    stochastic = SteSign.apply(x, 1.0, True, torch.Generator().manual_seed(0))
+    assert stochastic[0] == -1.0 and stochastic[5] == 1.0 and stochastic[6] == -1.0

@@ -101,8 +101,22 @@ def test_a_pinned_row_is_planned_and_launched_at_its_own_scale_and_seeds(tmp_pat
     line = _row(outcome, "theano-mnist-medium")
     assert line["scale"] == "medium" and line["n"] == 0
     plan = RowPlan(row, "medium", (0,), config=compose(list(row.overrides) + ["scale=medium"]))
-    (job,) = launch.plan_jobs([plan], "smoke", tmp_path)
+    # a table at another scale never launches it (hours of training); one at its scale does
+    assert launch.plan_jobs([plan], "quick", tmp_path) == []
+    (job,) = launch.plan_jobs([plan], "medium", tmp_path)
     assert "scale=medium" in job.argv and "seed=0" in job.argv
+    assert "bnnrepro train +experiment=bnn_mnist_theano scale=medium seed=<seed>" in line["status"]
+
+
+@pytest.mark.parametrize("used,counts", [("fp32", True), ("bf16", False), (None, True)])
+def test_a_run_made_with_precision_auto_counts_by_what_it_used(used, counts):
+    from bnnrepro.report.plan import as_trained, differences, fingerprint
+
+    expected = fingerprint({"train": {"precision": "fp32", "epochs": 3}})
+    config = {"train": {"precision": "auto", "epochs": 3}}
+    summary = {"precision": {"requested": "auto", "used": used}} if used else {}
+    assert (differences(expected, as_trained(config, summary)) == []) == counts
+    assert config["train"]["precision"] == "auto"  # the record itself is left as it is
 
 
 def test_targets_errors_name_the_row_and_field():

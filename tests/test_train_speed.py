@@ -43,8 +43,14 @@ def test_the_float_twin_has_no_quantizers():
     assert not any(m.kind == "sign" for m in twin.model.modules() if hasattr(m, "kind"))
 
 
-def test_cli_writes_the_report_and_rejects_unknown_protocols(tmp_path):
+def test_cli_rejects_an_unknown_protocol_before_timing_anything(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "bnnrepro", "bench", "--train", "--protocols", "nosuch",
                           "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert bad.returncode != 0 and "unknown protocol(s) nosuch" in bad.stderr
-    assert not (tmp_path / "train_speed.md").exists()
+    assert bad.returncode != 0 and "unknown protocol(s) nosuch; allowed: quick-mlp" in bad.stderr
+    assert "Traceback" not in bad.stderr and not (tmp_path / "train_speed.md").exists()
+
+
+def test_the_report_files_are_written(tmp_path):
+    result = speed.run((TINY,), repeats=2, profile=False)
+    md, js = speed.write({**result, "command": "bnnrepro bench --train"}, tmp_path)
+    assert md.read_text().startswith("# Training speed") and json.loads(js.read_text())["rows"][0]["protocol"] == "tiny-mlp"

@@ -4,8 +4,9 @@
 an fp32 sum up to 2**24. A bf16 matmul whose output is bf16, though, rounds that integer to 8
 significant bits, so the forward here sums chunks of at most 256 terms (integers up to 256 are
 exact in bf16) in bf16 and adds the chunks in fp32, or asks for an fp32 output where the backend
-has one (CUDA). The forward output is then bit-identical to fp32's. The backward's matmuls take
-the real-valued output gradient in bf16 and round there, as mixed precision does.
+has one (CUDA: one matmul with an fp32 output). The forward output is then bit-identical to fp32's
+(without a bias: F.linear's addmm may add a bias in another order). The backward's matmuls take the
+real-valued output gradient in bf16 and round there, as mixed precision does.
 
 A linear layer qualifies when its weight quantizer produces exactly +-1 and its input is exactly +-1:
 its own input quantizer is a sign, or, in an ``nn.Sequential``, the module before it is a sign
@@ -144,4 +145,4 @@ def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype) -
     if dtype is None or x.dim() != 2:
         return F.linear(x, w, bias)
     out = Bf16PlusMinusOneLinear.apply(x, w)
-    return out if bias is None else out + bias
+    return out if bias is None else out + bias  # the sum is exact; adding the bias rounds once

@@ -42,15 +42,6 @@ def _fused_kernel():
     if _KERNEL is None:
         import numba
 
-        from ..quant.qnn import _AP2_CARRY
-
-        carry = np.int32(_AP2_CARRY)
-        # 2**(E - 127) for each biased float32 exponent E (E = 0: 0, E = 255: inf), so AP2(u) is a
-        # table entry picked by the exponent bits quant.ap2 computes
-        powers = np.zeros(256, np.float32)
-        powers[1:255] = np.exp2(np.arange(1, 255) - 127.0)
-        powers[255] = np.inf
-
         @numba.njit
         def maximum(a, b):  # torch.maximum: NaN wins
             if a != a or b != b:
@@ -59,8 +50,9 @@ def _fused_kernel():
                 return a
             return b
 
-        @numba.njit(parallel=True, cache=True)
-        def step(p, g, m, u, u_bits, beta1, one_minus_beta1, beta2, eps, minus_step_size):
+        # error_model="numpy": a NaN u divides by 0.0 (see below) without raising
+        @numba.njit(parallel=True, cache=True, error_model="numpy")
+        def step(p, g, m, u, u_bits, powers, carry, beta1, one_minus_beta1, beta2, eps, minus_step_size):
             for i in numba.prange(p.size):
                 gi = g[i]
                 mi = m[i] * beta1 + gi * one_minus_beta1
@@ -74,6 +66,20 @@ def _fused_kernel():
 
         _KERNEL = step
     return _KERNEL
+
+
+def _ap2_table() -> tuple[np.ndarray, np.int32]:
+    """2**(E - 127) for each biased float32 exponent E (E = 0: 0, E = 255: inf), so AP2(u) is the
+    entry the exponent bits of quant.ap2 pick; and ap2's carry."""
+    from ..quant.qnn import _AP2_CARRY
+
+    powers = np.zeros(256, np.float32)
+    powers[1:255] = np.exp2(np.arange(1, 255) - 127.0)
+    powers[255] = np.inf
+    return powers, np.int32(_AP2_CARRY)
+
+
+_TABLE = _ap2_table()
 
 
 def _fusable(p: torch.Tensor) -> bool:
@@ -108,11 +114,11 @@ class ShiftAdaMax(torch.optim.Optimizer):
                 state["step"] += 1
                 m, u = state["exp_avg"], state["exp_inf"]
                 step_size = _pow2(group["lr"] / (1 - beta1 ** state["step"]))
-                if group["fused"] and _fusable(p):
+                if group.get("fused", False) and _fusable(p):  # a checkpoint from before the knob: no key
                     f32 = np.float32
                     u_flat = u.view(-1).numpy()
                     _fused_kernel()(p.detach().view(-1).numpy(), p.grad.contiguous().view(-1).numpy(), m.view(-1).numpy(),
-                                    u_flat, u_flat.view(np.int32), f32(beta1), f32(1 - beta1), f32(beta2),
+                                    u_flat, u_flat.view(np.int32), *_TABLE, f32(beta1), f32(1 - beta1), f32(beta2),
                                     f32(group["eps"]), f32(-step_size))
                     continue
                 # the products rounded one by one, as the fused loop computes them

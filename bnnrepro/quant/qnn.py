@@ -35,8 +35,9 @@ def ap2(x: torch.Tensor) -> torch.Tensor:
 
     float32 takes integer operations on the bits (no log2/exp2), exact where the float32 formula
     could round log2 onto a half: the result is 2**(e+1) exactly when |x| >= sqrt(2) * 2**e.
-    |x| below 2**-126 / sqrt(2) (subnormal) gives 0, infinities stay, NaN becomes an infinity (so a
-    diverged tensor stays non-finite). Other dtypes take the formula."""
+    Subnormal |x| (below 2**-126) give 0 or 2**-126 where the formula gives smaller powers of two;
+    infinities stay, NaN becomes an infinity (so a diverged tensor stays non-finite). No gradient
+    flows through it (bits have none). Other dtypes take the formula."""
     if x.dtype != torch.float32:
         return torch.sign(x) * torch.exp2(torch.round(torch.log2(x.abs())))
     bits = x.view(torch.int32)

@@ -19,11 +19,10 @@ import torch
 
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
-    """sign with sign(0) = +1 (-0.0 too); values are exactly +-1 in x's dtype, NaN stays NaN.
-
-    sign(x) + 1/2 is -1/2, 1/2 or 3/2, whose sign is -1, 1, 1: two vectorised passes on one buffer,
-    several times faster on CPU than ``where(x >= 0, 1, -1)``."""
-    return torch.sign(x).add_(0.5).sign_()
+    """sign with sign(0) = +1 (-0.0 too); values are exactly +-1 in x's dtype; NaN gives -1, as the
+    packed kernels' bits do (kernels/bitpack.py). Computed as 2 [x >= 0] - 1 on one buffer, a few
+    times faster on CPU than ``where(x >= 0, 1, -1)``, whose kernel is not vectorised."""
+    return (x >= 0).to(x.dtype).mul_(2).sub_(1)
 
 
 def hard_sigmoid(x: torch.Tensor) -> torch.Tensor:
@@ -63,7 +62,8 @@ class SteSign(torch.autograd.Function):
         if stochastic:
             u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             # +1 with probability hard_sigmoid(x) (u < p; p == 1 for x >= 1, so never -1 there):
-            # p - u is > 0 exactly when u < p, and sign(p - u) - 1/2 has the sign wanted
+            # p - u is > 0 exactly when u < p, and sign(p - u) - 1/2 has the sign wanted (NaN x:
+            # torch.sign(NaN) is 0, so -1, as u < NaN is false)
             return hard_sigmoid(x).sub_(u).sign_().sub_(0.5).sign_()
         return sign_pm1(x)
 

@@ -39,11 +39,16 @@ def _launcher(jobs: int) -> list[str]:
 
 def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int = 1,
               threads: int | None = 1) -> list[Job]:
-    """New runs for every runnable row's missing seeds, and one resume sweep over interrupted runs."""
+    """New runs for every runnable row's missing seeds, and one resume sweep over interrupted runs.
+    A row pinned to a scale other than the command's ``scale`` is never launched here (its runs take
+    hours: the Torch7 protocol in full, say); ``bnnrepro table <paper> scale=<its scale>`` or its
+    ``bnnrepro train`` command makes them, and its status says so."""
     new: dict[tuple[tuple[str, ...], str], set[int]] = {}  # (overrides, scale) -> seeds
     resume: dict[str, int] = {}
     for plan in plans:
         if not plan.reproduced or plan.blocked or plan.config is None:
+            continue
+        if plan.row.scale and plan.row.scale != scale:
             continue
         if plan.missing:
             new.setdefault((tuple(plan.row.overrides), plan.scale), set()).update(plan.missing)

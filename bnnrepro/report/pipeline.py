@@ -146,14 +146,14 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
             _refuse_dirty_training()
         if jobs_todo:
             total = sum(j.runs for j in jobs_todo)
-            print(f"bnnrepro table: {total} run(s) to make or resume at scale={scale}, in {len(jobs_todo)} "
+            print(f"bnnrepro table: {total} run(s) to make or resume, in {len(jobs_todo)} "
                   f"job(s); runs go to {runs_dir}", file=log, flush=True)
             outcome.launched = launch.run_jobs(jobs_todo, runner, log)
             found = _scan_all(runs_dir, records)
             plans = _plans(targets, scale, seeds, found, composer, check_data, has_cuda, allow_dirty)
         else:
             print(f"bnnrepro table: nothing to run at scale={scale}: every row that can run here has its "
-                  "seeds", file=log, flush=True)
+                  "seeds (rows pinned to another scale are run at theirs)", file=log, flush=True)
     outcome.problems = list(found.problems)
     tables_flat = [(t, table) for t in targets for table in t.tables]
     counted = {run.id for table_plans in plans for plan in table_plans for run in plan.runs.values()}

@@ -64,6 +64,17 @@ def differences(expected: dict[str, Any], config: dict) -> list[str]:
     return sorted(k for k in expected.keys() & actual.keys() if not _same(expected[k], actual[k]))
 
 
+def as_trained(config: dict, summary: dict | None) -> dict:
+    """``config`` with ``train.precision: auto`` replaced by the precision the run used: its
+    summary.json's record, else fp32 (a run that recorded none ran before the bf16 layers existed,
+    or has not finished). So a row counts runs by the numerics they ran, not by the word auto."""
+    train = (config or {}).get("train") or {}
+    if train.get("precision") != "auto":
+        return config
+    used = ((summary or {}).get("precision") or {}).get("used") or "fp32"
+    return {**config, "train": {**train, "precision": used}}
+
+
 # ------------------------------------------------------------------------------------ checking a row
 
 def _first_line(err: BaseException) -> str:
@@ -159,7 +170,7 @@ def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, compose
     for run in sorted(found.completed + found.interrupted, key=lambda r: (r.mtime, r.id), reverse=True):
         if run.scale != scale:
             continue
-        diff = differences(expected, run.config)
+        diff = differences(expected, as_trained(run.config, run.summary))
         if diff:
             if label and _label(run.config) == label and run.summary is not None:
                 plan.differing.append((run, diff))

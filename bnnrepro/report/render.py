@@ -35,7 +35,7 @@ def _description(result: TableResult) -> str:
     scale = f"scale={result.scale}" + (f" ({result.scale_description})" if result.scale_description else "")
     own = [(p.row.id, p.scale, p.seeds, p.config.scale.description if p.config is not None else "")
            for p in result.plans if p.row.scale or p.row.seeds]
-    pinned = "".join(f"; row `{rid}` at scale={sc} ({desc}), seeds {','.join(map(str, sd))}"
+    pinned = "".join(f"; row `{rid}` at scale={sc}{f' ({desc})' if desc else ''}, seeds {','.join(map(str, sd))}"
                      for rid, sc, sd, desc in own)
     return (f"{metric_name(result.table)} of each run at its best-validation epoch (`summary.json`), "
             f"mean ± sample std over seeds, n = seeds counted; requested seeds {seeds} at {scale}"

@@ -82,8 +82,9 @@ def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
         parts.append(plan.blocked)
     elif plan.missing or plan.interrupted:
         pending = sorted(set(plan.missing) | set(plan.interrupted))
-        parts.append(f"seed{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} not run yet "
-                     f"(`bnnrepro table {paper}` runs them)")
+        how = (f"`bnnrepro table {paper} scale={plan.scale}` or `bnnrepro train {' '.join(row.overrides)} "
+               f"scale={plan.scale} seed=<seed>` runs them" if row.scale else f"`bnnrepro table {paper}` runs them")
+        parts.append(f"seed{'s' if len(pending) > 1 else ''} {', '.join(map(str, pending))} not run yet ({how})")
     dirty_used = sum(1 for r in plan.runs.values() if r.dirty)
     if plan.allow_dirty and dirty_used:
         parts.append(f"{dirty_used} run(s) counted from a modified tree (+dirty)")
@@ -172,7 +173,7 @@ def build(table: Table, plans: list[RowPlan], found: Scan, out_dir: Path, *, sca
           seeds: tuple[int, ...], command: str = "", paper_title: str = "", figures: bool = True) -> TableResult:
     """One line per row (its runs aggregated); draws each run's ``curves.png`` and each row's figure."""
     lines = [_line(table, plan, Path(out_dir), figures) for plan in plans]
-    descriptions = [p.config.scale.description for p in plans if p.config is not None]
+    descriptions = [p.config.scale.description for p in plans if p.config is not None and not p.row.scale]
     verdicts = checks.judge_all(table.checks, {p.row.id: values(table, p) for p in plans})
     return TableResult(table, scale, tuple(seeds), pd.DataFrame(lines), plans, list(found.problems),
                        found.root, descriptions[0] if descriptions else None, command, paper_title, verdicts)

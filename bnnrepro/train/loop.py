@@ -37,6 +37,13 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def _numba_threads(n: int) -> None:
+    """Numba's pool (the fused shift-AdaMax) takes the thread count torch takes."""
+    import numba
+
+    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+
+
 def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConfig:
     saved, why = runs.read_config(run_dir)
     if saved is None:
@@ -116,6 +123,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
+        _numba_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
     _seed_everything(int(cfg.seed), cfg.train.deterministic)
     epochs = effective_epochs(cfg)
@@ -209,7 +217,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         train_time = time.time() - t0
         lr = optimizer.param_groups[-1]["lr"]
         scheduler.step()
-        # evaluated in fp32 on the plain model, as `bnnrepro eval` would
+        # evaluated on the plain model (no autocast; bf16 +-1 layers are exact), as `bnnrepro eval` would
         ctx.sync_buffers(model)
         val = ctx.evaluate(model, val_x, val_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)
         test = ctx.evaluate(model, test_x, test_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)

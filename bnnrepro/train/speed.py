@@ -3,9 +3,10 @@
 Each protocol's binary net is built from its preset exactly as ``bnnrepro train`` builds it (model,
 optimizer with its LR groups, latent clipping, loss, ``train.precision``) and steps on random data of
 the dataset's shape. Its float twin has the same layer shapes with plain float layers (no
-quantizers, torch BatchNorm, hard-tanh, fused Adam), timed at fp32 and, where the CPU or GPU has bf16
+quantizers, torch BatchNorm, hard-tanh, fused Adam), timed at fp32 and, where the device has bf16
 matrix hardware, under bf16 autocast; the goal compares the binary step with the fastest of those.
-Steps are timed in alternating blocks after warm-up (median of repeats), all in one process.
+Steps are timed in alternating blocks after warm-up (median of repeats), all in one process, on the
+CPU (``run(device=...)`` takes another device; the command line has no switch for it yet).
 
 Also per protocol: the step split into forward, backward, optimizer step and clipping; the fp32
 GEMM floor (the MLP's matmuls alone, timed at the same shapes); and with ``--profile`` torch.profiler's
@@ -51,11 +52,11 @@ CATEGORIES = (
                    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::matmul", "aten::linear")),
     ("quantizers", ("SteSign", "aten::sign", "aten::hardtanh_backward", "aten::rand", "aten::uniform_",
                     "Ste", "aten::round", "aten::copysign")),
-    ("BN", ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm", "_ShiftBN",
+    ("BN and AP2's bit operations", ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm", "_ShiftBN",
             "aten::bitwise_", "aten::clamp_max_")),
     ("optimizer", ("Optimizer.step", "aten::_fused_adam", "aten::_fused_sgd", "aten::_foreach",
                    "Optimizer.zero_grad")),
-    ("clipping", ("aten::clamp_",)),
+    ("clamp_ (latent clip, hard-sigmoid)", ("aten::clamp_",)),
     ("dropout", ("aten::bernoulli_", "aten::native_dropout", "aten::dropout")),
 )
 
