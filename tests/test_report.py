@@ -170,9 +170,9 @@ def test_table_from_fixture_runs(tmp_path):
     for seed in range(3):  # each counted run has its record beside the table, and no checkpoint
         assert sorted(p.name for p in (out / "runs" / f"theano-s{seed}").iterdir()) == ["config.yaml", "metrics.jsonl", "summary.json"]
     assert "[png](figures/bnn_table1/theano-mnist.png)" in md
-    assert md.count("\n| ") == 21  # header + one line per paper row
+    assert md.count("\n| ") == 23  # header + one line per paper row + the two rows pinned to a scale
     csv = pd.read_csv(out / "bnn_table1.csv")
-    assert len(csv) == 20 and list(csv["row"])[:2] == ["torch7-mnist", "torch7-svhn"]
+    assert len(csv) == 22 and list(csv["row"])[:3] == ["torch7-mnist", "torch7-mnist-paper", "torch7-svhn"]
     assert csv.set_index("row").loc["theano-mnist", "n"] == 3
     tex = (out / "bnn_table1.tex").read_text()
     assert r"2.33 $\pm$ 1.53" in tex and r"\bottomrule" in tex
@@ -418,7 +418,7 @@ def test_table_cli_no_train(tmp_path, capsys, monkeypatch):
                                runner=_forbidden)
     assert code == 0
     printed = capsys.readouterr().out
-    assert "res/bnn_table1.md (+ .csv, .tex): 20 rows, 6 reproducible, 1 with results" in printed
+    assert "res/bnn_table1.md (+ .csv, .tex): 22 rows, 8 reproducible, 1 with results" in printed
     md = (tmp_path / "res" / "bnn_table1.md").read_text()
     assert "`bnnrepro table bnn scale=smoke seed=0`" in md and "| 1.25 |" in md
     assert "from the run records under `runs/` beside this file" in md

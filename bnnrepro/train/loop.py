@@ -37,13 +37,6 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _numba_threads(n: int) -> None:
-    """Numba's pool (the fused shift-AdaMax) takes the thread count torch takes."""
-    import numba
-
-    numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
-
-
 def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConfig:
     saved, why = runs.read_config(run_dir)
     if saved is None:
@@ -123,7 +116,6 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
-        _numba_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
     _seed_everything(int(cfg.seed), cfg.train.deterministic)
     epochs = effective_epochs(cfg)
