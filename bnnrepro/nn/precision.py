@@ -111,10 +111,13 @@ def configure(model: nn.Module, requested: str, device: torch.device, hardware=b
 
 def _exact_pm1_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """``x @ w.T`` for +-1 operands with bf16 inputs and an exact fp32 result."""
-    xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
-    if x.is_cuda:
+    return _exact_bf16_matmul(x.to(torch.bfloat16), w.to(torch.bfloat16))
+
+
+def _exact_bf16_matmul(xb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    if xb.is_cuda:
         return torch.mm(xb, wb.t(), out_dtype=torch.float32)
-    k = x.shape[1]
+    k = xb.shape[1]
     out = None
     for start in range(0, k, EXACT_CHUNK):
         part = torch.mm(xb[:, start:start + EXACT_CHUNK], wb[:, start:start + EXACT_CHUNK].t()).float()
@@ -128,15 +131,16 @@ class Bf16PlusMinusOneLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w):
-        ctx.save_for_backward(x, w)
-        return _exact_pm1_matmul(x, w)
+        xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+        ctx.save_for_backward(xb, wb)  # the backward's operands, converted once (and half the memory)
+        return _exact_bf16_matmul(xb, wb)
 
     @staticmethod
     def backward(ctx, grad):
-        x, w = ctx.saved_tensors
+        xb, wb = ctx.saved_tensors
         gb = grad.to(torch.bfloat16)
-        grad_x = (gb @ w.to(torch.bfloat16)).float() if ctx.needs_input_grad[0] else None
-        grad_w = (gb.t() @ x.to(torch.bfloat16)).float() if ctx.needs_input_grad[1] else None
+        grad_x = (gb @ wb).float() if ctx.needs_input_grad[0] else None
+        grad_w = (gb.t() @ xb).float() if ctx.needs_input_grad[1] else None
         return grad_x, grad_w
 
 
