@@ -95,6 +95,28 @@ class Parser(argparse.ArgumentParser):
         return sorted(s for a in self._actions for s in a.option_strings if s.startswith("--"))
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``-n 0`` is refused, never read as "all")."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a positive integer")
+    return value
+
+
+def sample_shape(text: str) -> tuple[int, ...]:
+    """An argparse type: ``C,H,W`` (or ``N`` for a flat input), positive integers."""
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} must be positive integers, e.g. 1,28,28") from None
+    if not 1 <= len(shape) <= 3 or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 to 3 positive integers, e.g. 1,28,28")
+    return shape
+
+
 def _is_number(text: str) -> bool:
     try:
         float(text)
@@ -189,7 +211,8 @@ def pack_parser() -> Parser:
     p.add_argument("target", metavar="RUN", help=RUN_HELP)
     p.add_argument("--out", metavar="FILE", help="output file (default: <run>/model.bnn or <checkpoint>.bnn)")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
-    p.add_argument("--input-shape", metavar="C,H,W", help="one sample's shape (default: from the checkpoint)")
+    p.add_argument("--input-shape", metavar="C,H,W", type=sample_shape,
+                   help="one sample's shape (default: from the checkpoint)")
     return p
 
 
@@ -200,8 +223,8 @@ def compare_parser() -> Parser:
     p.add_argument("--artifact", metavar="FILE", help="a .bnn file to compare instead of packing the checkpoint now")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")
     p.add_argument("--split", choices=("test", "val", "train"), default="test", help="default test")
-    p.add_argument("-n", type=int, default=None, metavar="N", help="first N images of the split (default: all)")
-    p.add_argument("--random", type=int, default=0, metavar="N", help="use N random uint8 images instead")
+    p.add_argument("-n", type=positive_int, default=None, metavar="N", help="first N images of the split (default: all)")
+    p.add_argument("--random", type=positive_int, default=None, metavar="N", help="use N random uint8 images instead")
     p.add_argument("--json", metavar="FILE", help="also write the table as JSON (- : stdout)")
     return p
 
@@ -209,13 +232,13 @@ def compare_parser() -> Parser:
 def bench_parser(description: str = "Benchmark the packed binary kernels against torch float32.") -> Parser:
     p = Parser("bench", description, overrides=("runs_dir",))
     p.add_argument("--quick", action="store_true", help="fewer shapes, smaller batches, fewer repeats")
-    p.add_argument("--repeats", type=int, help="repeats per case (default 20 layers / 10 models; quick 5/3)")
+    p.add_argument("--repeats", type=positive_int, help="repeats per case (default 20 layers / 10 models; quick 5/3)")
     p.add_argument("--json", metavar="FILE", help="write the full result as JSON to this file (- : stdout)")
     p.add_argument("--out", metavar="DIR", help="where kernels.md and kernels.csv go "
                    "(default <runs root>/reports/bench; `--out results` for the committed tables)")
     p.add_argument("--no-write", action="store_true", help="do not write kernels.md/csv")
     p.add_argument("--no-compile", action="store_true", help="skip the fresh-process compile-time measurement")
-    p.add_argument("--threads", type=int, help="threads for both numba and torch (default: all cores)")
+    p.add_argument("--threads", type=positive_int, help="threads for both numba and torch (default: all cores)")
     p.add_argument("--train", action="store_true",
                    help="time a training step of each protocol against a float net of its shape "
                         "-> train_speed.md (see bnnrepro.train.speed)")

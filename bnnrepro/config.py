@@ -7,6 +7,8 @@ checks names against the registries and numbers against their ranges, and raises
 from __future__ import annotations
 
 import inspect
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -166,18 +168,29 @@ def _choice(cfg, dotted: str, allowed) -> None:
         raise ConfigError(f"{dotted}={value!r} is not allowed; allowed: {', '.join(allowed)}")
 
 
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
 def _positive(cfg, dotted: str, allow_none: bool = False) -> None:
     value = _get(cfg, dotted)
     if value is None and allow_none:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ConfigError(f"{dotted}={value!r} must be a positive number")
+    if not _number(value) or value <= 0:
+        raise ConfigError(f"{dotted}={value!r} must be a positive (finite) number")
 
 
 def _fraction(cfg, dotted: str) -> None:
     value = _get(cfg, dotted)
-    if not 0.0 <= float(value) < 1.0:
+    if not _number(value) or not 0.0 <= value < 1.0:
         raise ConfigError(f"{dotted}={value!r} must be in [0, 1)")
+
+
+# torch.manual_seed takes 64 bits; numpy's seed is taken mod 2**32 (train loop)
+MAX_SEED = 2**63 - 1
+MAX_THREADS = 1024
+MAX_RUN_NAME = 200
+LOGGER_MODES = ("online", "offline", "disabled")
 
 
 def validate(cfg: DictConfig) -> None:
@@ -195,14 +208,20 @@ def validate(cfg: DictConfig) -> None:
         _choice(cfg, dotted, allowed)
     QuantScheme.from_config(quant_section(cfg))  # names, bit widths, role values; ConfigError naming the field
     for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size", "optim.lr",
-                   "model.width_mult", "scale.width_mult", "model.bn_eps", "optim.step_epochs"):
+                   "model.width_mult", "scale.width_mult", "model.bn_eps", "optim.step_epochs", "optim.eps"):
         _positive(cfg, dotted)
     for dotted in ("scale.epochs", "scale.train_subset", "data.train_subset", "optim.lr_final",
-                   "train.num_threads"):
+                   "train.num_threads", "data.image_size"):
         _positive(cfg, dotted, allow_none=True)
     for dotted in ("train.epochs", "train.batch_size", "train.eval_batch_size"):
         if not isinstance(_get(cfg, dotted), int):
             raise ConfigError(f"{dotted}={_get(cfg, dotted)!r} must be a positive integer")
+    _check_optimizer(cfg)
+    if not 0 <= cfg.seed <= MAX_SEED:
+        raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63 - 1]")
+    if cfg.train.num_threads is not None and cfg.train.num_threads > MAX_THREADS:
+        raise ConfigError(f"train.num_threads={cfg.train.num_threads} must be at most {MAX_THREADS} "
+                          f"(this machine has {os.cpu_count()} CPUs); null: torch's default")
     for dotted in ("model.dropout_in", "model.dropout_hidden", "model.bn_momentum"):
         _fraction(cfg, dotted)
     if cfg.scale.max_dropout_hidden is not None:
@@ -214,21 +233,94 @@ def validate(cfg: DictConfig) -> None:
     for i, width in enumerate(list(cfg.model.hidden) + list(cfg.model.channels) + list(cfg.model.fc)):
         if width <= 0:
             raise ConfigError(f"model widths must be positive, got {width}")
+    _check_data_sizes(cfg)
     _check_model_kwargs(cfg)
+    _check_model_builds(cfg)
     if cfg.run_name is not None and (not str(cfg.run_name).strip() or "/" in str(cfg.run_name)
                                      or "\\" in str(cfg.run_name) or str(cfg.run_name) in (".", "..")):
         raise ConfigError(f"run_name={cfg.run_name!r} must be a plain directory name (no '/', not '.' or '..'); "
                           "the run goes under runs_dir")
+    if cfg.run_name is not None and len(str(cfg.run_name).encode()) > MAX_RUN_NAME:
+        raise ConfigError(f"run_name is {len(str(cfg.run_name).encode())} bytes long; allowed: at most {MAX_RUN_NAME} "
+                          "(a directory name, with room for a suffix)")
     if cfg.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise ConfigError("device='cuda' but no CUDA device is available here; allowed: cpu, auto")
+    if cfg.logger.mode is not None and cfg.logger.mode not in LOGGER_MODES:
+        raise ConfigError(f"logger.mode={cfg.logger.mode!r} is not allowed; allowed: {', '.join(LOGGER_MODES)}, "
+                          "null (online with an API key, else offline)")
     if cfg.logger.name == "wandb":
         import importlib.util
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("logger.name=wandb needs the wandb package: pip install 'bnnrepro[wandb]'")
+
+
+def _check_optimizer(cfg) -> None:
+    """What torch's optimizers would reject at the first step, or silently turn into NaN weights."""
+    betas = list(cfg.optim.betas)
+    if len(betas) != 2 or not all(_number(b) and 0.0 <= b < 1.0 for b in betas):
+        raise ConfigError(f"optim.betas={betas!r} must be two numbers in [0, 1)")
+    if not _number(cfg.optim.momentum) or not 0.0 <= cfg.optim.momentum < 1.0:
+        raise ConfigError(f"optim.momentum={cfg.optim.momentum!r} must be in [0, 1)")
+    if not _number(cfg.optim.weight_decay) or cfg.optim.weight_decay < 0:
+        raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay!r} must be a finite number >= 0")
+
+
+def _check_data_sizes(cfg) -> None:
+    """Split sizes against the official archives' sizes (known without reading them)."""
+    from . import data
+
+    spec = data.registry.get(cfg.data.name)
+    if cfg.data.use_extra and not spec.supports_extra:
+        raise ConfigError(f"data.use_extra=true is only for svhn, not {spec.name}; allowed: false")
+    if spec.train_size is None:
+        return
+    val = spec.default_val_size if cfg.data.val_size is None else int(cfg.data.val_size)
+    if val >= spec.train_size:
+        raise ConfigError(f"data.val_size={val} leaves no training examples: {spec.name}'s train split has "
+                          f"{spec.train_size}; allowed: 0 to {spec.train_size - 1}")
+    n_train = spec.train_size - val + (spec.extra_size if cfg.data.use_extra else 0)
+    subset = effective_train_subset(cfg)
+    n_train = min(n_train, subset) if subset else n_train
+    if cfg.train.batch_size > n_train:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is larger than the {n_train} training "
+                          f"examples (data.val_size, data.train_subset, scale.train_subset); allowed: 1 to {n_train}")
+
+
+# the share of physical memory a model's training state may take before validation refuses it
+MAX_MEMORY_SHARE = 0.9
+
+
+def _check_model_builds(cfg) -> None:
+    """Build the model on torch's meta device (shapes only, no memory): a layer that cannot take the
+    dataset's input fails here, before any run directory, and a model whose training state (weights,
+    gradients, two optimizer moments) cannot fit in this machine's memory is refused."""
+    import torch
+
+    from . import data, models
+
+    spec = data.registry.get(cfg.data.name)
+    shape = spec.input_shape if cfg.data.image_size is None else (spec.input_shape[0], int(cfg.data.image_size),
+                                                                  int(cfg.data.image_size))
+    try:
+        with torch.device("meta"):
+            model = models.build(cfg.model.name, input_shape=shape, num_classes=spec.num_classes, **model_kwargs(cfg))
+    except (ValueError, TypeError, RuntimeError) as err:
+        raise ConfigError(f"model.name={cfg.model.name!r} cannot be built for {spec.name} input {tuple(shape)} "
+                          f"with these model.* fields: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    n_params = sum(p.numel() for p in model.parameters())
+    need = 4 * 4 * n_params
+    try:
+        have = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > MAX_MEMORY_SHARE * have:
+        raise ConfigError(f"model {cfg.model.name} has {n_params:,} parameters: about {need / 2**30:.1f} GiB of "
+                          f"weights, gradients and optimizer state, more than this machine's {have / 2**30:.1f} GiB "
+                          "(model.hidden / model.channels / model.fc / model.width_mult / scale.width_mult)")
 
 
 def _check_model_kwargs(cfg) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from .errors import USER_ERRORS
+from .errors import USER_ERRORS, ConfigError
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:
@@ -12,9 +12,12 @@ def parse(argv: list[str]) -> tuple[str, dict]:
     from . import commandline
 
     args = commandline.parse(commandline.eval_parser(), argv)
+    batch = args.overrides.get("train.eval_batch_size", 1000)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise ConfigError(f"eval: train.eval_batch_size={batch!r} must be a positive integer")
     return args.target, {"engine": args.engine, "split": args.split, "which": args.which,
                          "data.root": args.overrides.get("data.root"),
-                         "batch_size": args.overrides.get("train.eval_batch_size", 1000)}
+                         "batch_size": batch}
 
 
 def run(target: str, opts: dict) -> dict:

@@ -38,3 +38,53 @@ def runs_dir(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "runs"
     monkeypatch.setenv("BNNREPRO_RUNS", str(path))
     return path
+
+
+# --- the tally of faults and bad inputs, printed at the end of a session (`make test-faults`) ----------
+
+# tests of other files that inject one fault each (they cannot record properties themselves)
+ONE_FAULT_TESTS = ("test_truncated_last_checkpoint_falls_back_to_previous", "test_nan_loss_stops_naming_epoch_and_step")
+TALLY_KEYS = ("faults", "survived", "bad_inputs", "rejected", "wrong", "runs_lost", "code_executed")
+
+
+class FaultTally:
+    """Adds up the properties tests record (``record_property``): ``faults`` injected, ``bad_inputs``
+    tried, and the failures a hostile input may cause: ``wrong`` (accepted, or refused without a clear
+    message), ``runs_lost`` (a finished run's files changed or gone), ``code_executed`` (a crafted file
+    ran code). A passed test survived all its faults and clearly rejected all its bad inputs."""
+
+    def pytest_terminal_summary(self, terminalreporter):
+        totals = dict.fromkeys(TALLY_KEYS, 0)
+        seen = set()
+        for outcome in ("passed", "failed", "error"):
+            for rep in terminalreporter.stats.get(outcome, []):
+                if getattr(rep, "when", None) not in ("call", "setup") or rep.nodeid in seen:
+                    continue
+                props: dict = {}
+                for key, value in getattr(rep, "user_properties", []):
+                    props[key] = props.get(key, 0) + value
+                if rep.nodeid.split("::")[-1].split("[")[0] in ONE_FAULT_TESTS:
+                    props["faults"] = 1
+                if not props:
+                    continue
+                seen.add(rep.nodeid)
+                ok = outcome == "passed"
+                totals["faults"] += props.get("faults", 0)
+                totals["survived"] += props.get("faults", 0) if ok else props.get("faults_survived", 0)
+                totals["bad_inputs"] += props.get("bad_inputs", 0)
+                totals["rejected"] += props.get("bad_inputs", 0) if ok else 0
+                totals["wrong"] += props.get("wrong", 0) if "wrong" in props else (
+                    0 if ok else props.get("bad_inputs", 0))
+                for key in ("runs_lost", "code_executed"):
+                    totals[key] += props.get(key, 0)
+        if not any(totals.values()):
+            return
+        terminalreporter.section("faults and bad inputs")
+        terminalreporter.write_line(
+            f"faults injected {totals['faults']}, survived {totals['survived']}; "
+            f"bad inputs tried {totals['bad_inputs']}, clearly rejected {totals['rejected']}, "
+            f"wrong {totals['wrong']}; runs lost {totals['runs_lost']}; code executed {totals['code_executed']}")
+
+
+def pytest_configure(config):
+    config.pluginmanager.register(FaultTally(), "bnnrepro-fault-tally")

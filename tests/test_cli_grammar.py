@@ -122,7 +122,7 @@ def test_cfg_job_validates_and_shows_the_effective_values(capsys):
 
 def test_cfg_job_rejects_invalid_values(capsys):
     code, out, err = _main(["train", "+paper=bnn", "scale=smoke", "train.epochs=0", "--cfg", "job"], capsys)
-    assert code == 2 and "train.epochs=0 must be a positive number" in err and not out
+    assert code == 2 and "train.epochs=0 must be a positive (finite) number" in err and not out
     code, out, err = _main(["train", "+paper=bnn", "quant.weight=sgn", "--cfg", "job"], capsys)
     assert code == 2 and "quant.weight='sgn' is unknown" in err
 

@@ -35,53 +35,6 @@ TINY = ["+paper=bnn", "scale=smoke", "scale.train_subset=600", "scale.epochs=3",
 KILL_TRIALS = 10
 
 
-# --- the tally printed at the end of the session ------------------------------------------------------
-
-# tests of other files that inject one fault each (they cannot record properties themselves)
-ONE_FAULT_TESTS = ("test_truncated_last_checkpoint_falls_back_to_previous", "test_nan_loss_stops_naming_epoch_and_step")
-
-
-class FaultTally:
-    """Adds up the ``faults``/``bad_inputs``/``runs_lost`` properties tests record (record_property):
-    a passed test survived all its faults and clearly rejected all its bad inputs."""
-
-    def pytest_terminal_summary(self, terminalreporter):
-        totals = dict.fromkeys(("faults", "survived", "bad_inputs", "rejected", "runs_lost"), 0)
-        seen = set()
-        for outcome in ("passed", "failed", "error"):
-            for rep in terminalreporter.stats.get(outcome, []):
-                if getattr(rep, "when", None) not in ("call", "setup") or rep.nodeid in seen:
-                    continue
-                props: dict = {}
-                for key, value in getattr(rep, "user_properties", []):
-                    props[key] = props.get(key, 0) + value
-                if rep.nodeid.split("::")[-1] in ONE_FAULT_TESTS:
-                    props["faults"] = 1
-                if not props:
-                    continue
-                seen.add(rep.nodeid)
-                ok = outcome == "passed"
-                totals["faults"] += props.get("faults", 0)
-                totals["survived"] += props.get("faults", 0) if ok else props.get("faults_survived", 0)
-                totals["bad_inputs"] += props.get("bad_inputs", 0)
-                totals["rejected"] += props.get("bad_inputs", 0) if ok else 0
-                totals["runs_lost"] += props.get("runs_lost", 0)
-        if not any(totals.values()):
-            return
-        terminalreporter.section("faults and bad inputs")
-        terminalreporter.write_line(
-            f"faults injected {totals['faults']}, survived {totals['survived']}; "
-            f"bad inputs tried {totals['bad_inputs']}, clearly rejected {totals['rejected']}; "
-            f"runs lost {totals['runs_lost']}")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _fault_tally(request):
-    manager = request.config.pluginmanager
-    if not manager.has_plugin("bnnrepro-fault-tally"):
-        manager.register(FaultTally(), "bnnrepro-fault-tally")
-
-
 # --- helpers -------------------------------------------------------------------------------------------
 
 def _env(**extra) -> dict:

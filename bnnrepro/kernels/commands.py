@@ -110,6 +110,14 @@ def _size(n: int) -> str:
     return str(n)
 
 
+def _check_shape(given: tuple[int, ...], trained: tuple[int, ...]) -> tuple[int, ...]:
+    """``--input-shape`` must hold as many values as the shape the model was trained on."""
+    if int(np.prod(given)) != int(np.prod(trained)):
+        raise ValueError(f"--input-shape {','.join(map(str, given))} has {int(np.prod(given))} values; "
+                         f"the model was trained on {','.join(map(str, trained))} ({int(np.prod(trained))} values)")
+    return tuple(given)
+
+
 def pack_main(argv: list[str]) -> int:
     from .. import commandline
 
@@ -119,8 +127,11 @@ def pack_main(argv: list[str]) -> int:
         model, cfg, shape = load_torch(args.source, args.which)
         check_preprocessing(cfg)
         if args.input_shape:
-            shape = tuple(int(v) for v in args.input_shape.split(","))
-        packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
+            shape = _check_shape(args.input_shape, shape)
+        try:
+            packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
+        except RuntimeError as err:  # a shape the layers cannot take
+            raise ValueError(f"the model does not take input shape {shape}: {str(err).splitlines()[0]}") from None
     except _user_errors() as err:  # PackError is a ValueError
         print(f"bnnrepro: error: pack: {err}", file=sys.stderr)
         return 2
@@ -226,7 +237,7 @@ def compare_main(argv: list[str]) -> int:
         model, cfg, shape = load_torch(args.source, args.which)
         check_preprocessing(cfg)
         packed = artifact.load(args.artifact) if args.artifact else PackedModel.from_torch(model, shape)
-        if args.random:
+        if args.random is not None:
             x = np.random.default_rng(0).integers(0, 256, (args.random,) + tuple(shape), dtype=np.uint8)
         else:
             x = _test_images(cfg, args.data_root, args.split, args.n)

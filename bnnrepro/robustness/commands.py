@@ -48,13 +48,14 @@ def _device(name: str) -> str:
 
 
 def _check_writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{os.getpid()}"
-        probe.write_bytes(b"x")
-        probe.unlink()
-    except OSError as err:
-        raise PermissionError(f"--out {out} is not writable ({err.strerror}); choose another folder") from None
+    """``--out`` can be made and written (checked on its nearest existing folder: nothing is created
+    before the sweep, so a refusal later leaves no empty folders behind)."""
+    existing = out.absolute()
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "not a folder" if not existing.is_dir() else "permission denied"
+        raise PermissionError(f"--out {out} is not writable ({existing}: {why}); choose another folder")
 
 
 def parse(argv: list[str]):

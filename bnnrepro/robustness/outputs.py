@@ -120,7 +120,7 @@ def write_outputs(rows: list[dict], noises: list[str], out: Path, opts: SweepOpt
     return written
 
 
-def print_summary(rows: list[dict], noises: list[str], file=sys.stdout) -> None:
+def print_summary(rows: list[dict], noises: list[str], file=None) -> None:
     draws = pd.DataFrame(rows)
     for noise in noises:
         agg = per_projection(draws[draws["noise"] == noise])
