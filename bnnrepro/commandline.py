@@ -312,6 +312,8 @@ def table_parser(description: str = "Paper-vs-reproduced tables from finished ru
     p.add_argument("--no-figures", action="store_true", help="skip the curve PNGs")
     p.add_argument("--allow-dirty", action="store_true",
                    help="count runs made on a modified tree (marked +dirty); by default they are not counted")
+    p.add_argument("--compact", action="store_true", help="also write <table>_compact.md and .tex: the "
+                   "reproduced rows only, paper number vs mean +- std and n, scale and seeds in the caption")
     return p
 
 

@@ -20,13 +20,20 @@ def parse(argv: list[str]) -> tuple[str, dict]:
                          "batch_size": batch}
 
 
-def run(target: str, opts: dict) -> dict:
+DEFAULTS = {"engine": "torch", "split": "test", "which": "best", "data.root": None, "batch_size": 1000}
+
+
+def run(target: str, opts: dict | None = None) -> dict:
+    """The error (%) of the trained model of ``target`` (a run directory or checkpoint) on a split:
+    ``{"error", "n", "seconds", "dataset", **opts}``. ``opts`` override :data:`DEFAULTS` (engine
+    torch|packed, split test|val|train, which best|last, data.root, batch_size)."""
     import torch
 
     from . import data as datasets
     from .train.batches import evaluate
     from .train import load_model
 
+    opts = {**DEFAULTS, **(opts or {})}
     model, cfg = load_model(target, which=opts["which"])
     root = opts["data.root"] or cfg.data.root
     splits = datasets.load(cfg.data.name, root, download=cfg.data.download, val_size=cfg.data.val_size,

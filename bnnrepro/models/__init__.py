@@ -26,10 +26,13 @@ NO_GRADIENT_QUANT = ("bnn_convnet", "binary_alexnet", "lstm_lm")
 
 
 def names() -> list[str]:
+    """Every model name ``model.name`` may take, sorted."""
     return sorted(MODELS)
 
 
 def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs) -> nn.Module:
+    """The model registered as ``name`` for inputs of ``input_shape`` (C, H, W) and ``num_classes``
+    outputs; ``kwargs`` are the factory's (the model section's fields, ``quant=`` a QuantScheme)."""
     try:
         factory = MODELS[name]
     except KeyError:

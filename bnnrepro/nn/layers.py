@@ -42,13 +42,16 @@ class QuantLayer:
 
     @property
     def binary_weights(self) -> bool:
+        """Whether the weight quantizer gives 1-bit (±1) weights."""
         return getattr(self.weight_quantizer, "precision", 32) == 1
 
     @property
     def clips_latent_weights(self) -> bool:
+        """Whether the optimizer clips this layer's latent weights to [-1, 1] (BNN's binary layers)."""
         return bool(getattr(self.weight_quantizer, "clips_latent_weights", False))
 
     def fans(self) -> tuple[int, int]:
+        """``(fan_in, fan_out)`` of the weight, a conv kernel's receptive field counted."""
         w = self.weight
         receptive = w[0, 0].numel() if w.dim() > 2 else 1
         return w.shape[1] * receptive, w.shape[0] * receptive
@@ -76,10 +79,18 @@ class QuantLayer:
                 self.bias.zero_()
 
     def quantized_weight(self) -> torch.Tensor:
+        """The weight the forward computes with: the weight quantizer applied to the latent weight."""
         return self.weight_quantizer(self.weight)
 
 
 class QuantLinear(nn.Linear, QuantLayer):
+    """A linear layer whose input and latent weight are quantized in forward (:class:`QuantLayer`).
+
+    ``input_quantizer``, ``weight_quantizer`` and ``grad_quantizer`` are each a registry name, a
+    ``(name, kwargs)`` pair, a :class:`bnnrepro.quant.Spec`, a built module, or None (identity);
+    ``init`` is :meth:`QuantLayer.reset_latent`'s. No bias by default (BN follows, as in the papers).
+    """
+
     matmul_dtype = None  # torch.bfloat16: set by nn.precision.configure on +-1 x +-1 layers
 
     def __init__(self, in_features, out_features, bias=False, *, input_quantizer=None,
@@ -88,11 +99,15 @@ class QuantLinear(nn.Linear, QuantLayer):
         self._init_quant(input_quantizer, weight_quantizer, init, grad_quantizer)
 
     def forward(self, x):
+        """``grad_quantizer(input_quantizer(x) @ quantized_weight().T + bias)``."""
         return self.grad_quantizer(precision.linear(self.input_quantizer(x), self.quantized_weight(), self.bias,
                                                     self.matmul_dtype))
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):
+    """A 2-d convolution whose input and latent weight are quantized in forward (:class:`QuantLayer`);
+    the quantizer arguments and ``init`` as :class:`QuantLinear`'s, the rest as ``nn.Conv2d``'s."""
+
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=False, *,
                  input_quantizer=None, weight_quantizer=None, init="auto", grad_quantizer=None,
                  groups=1):
@@ -101,5 +116,6 @@ class QuantConv2d(nn.Conv2d, QuantLayer):
         self._init_quant(input_quantizer, weight_quantizer, init, grad_quantizer)
 
     def forward(self, x):
+        """``grad_quantizer(conv2d(input_quantizer(x), quantized_weight()) + bias)``."""
         return self.grad_quantizer(
             self._conv_forward(self.input_quantizer(x), self.quantized_weight(), self.bias))

@@ -38,7 +38,8 @@ def param_groups(model: nn.Module, lr: float, lr_scale: str, layers: str = "clip
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """``cfg.fused`` (default): one kernel per parameter where torch has one (Adam, SGD; Adamax
+    """The optimizer of the ``optim`` section ``cfg`` over :func:`param_groups` of ``model``.
+    ``cfg.fused`` (default): one kernel per parameter where torch has one (Adam, SGD; Adamax
     takes the multi-tensor path), ShiftAdaMax's Numba loop; false: the per-tensor references."""
     groups = param_groups(model, cfg.lr, cfg.lr_scale, cfg.get("lr_scale_layers", "clipping"))
     fused = bool(cfg.get("fused", False))

@@ -15,6 +15,8 @@ VALID_BITS = tuple(range(1, 9)) + (32,)
 
 
 def register(*names: str) -> Callable[[type], type]:
+    """Class decorator: register the quantizer class under each of ``names`` (the first is its
+    ``registry_name``); a name registered twice raises ValueError."""
     def deco(cls: type) -> type:
         for name in names:
             if name in QUANTIZERS:
@@ -27,16 +29,19 @@ def register(*names: str) -> Callable[[type], type]:
 
 
 def names() -> list[str]:
+    """Every registered quantizer name, sorted."""
     return sorted(QUANTIZERS)
 
 
 def allowed_bits(name: str) -> tuple[int, ...]:
+    """The bit widths quantizer ``name`` can be built with (1..8 and 32 unless it declares fewer)."""
     cls = get(name)
     bits = getattr(cls, "allowed_bits", None)
     return VALID_BITS if bits is None else tuple(bits)
 
 
 def get(name: str) -> type:
+    """The class registered as ``name``; ValueError listing the allowed names when there is none."""
     try:
         return QUANTIZERS[name]
     except KeyError:

@@ -81,7 +81,7 @@ def table_main(argv: list[str], **hooks) -> int:
         outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=out_dir, scale=scale,
                                        seeds=seeds, train=not args.no_train, jobs=args.jobs, threads=threads,
                                        command=command, figures=not args.no_figures,
-                                       allow_dirty=args.allow_dirty, **hooks)
+                                       allow_dirty=args.allow_dirty, compact=args.compact, **hooks)
     except (OSError, ValueError) as err:
         return _fail(str(err))
     for line in pipeline.report_lines(outcome):

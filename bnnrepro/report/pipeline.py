@@ -14,7 +14,7 @@ from typing import Callable
 
 from ..compose import hydra_composer
 from ..runs import Problem, Run, Scan, code_version, export, scan
-from . import curves, launch, render, study, tables
+from . import compact as compact_tables, curves, launch, render, study, tables
 from .plan import RowPlan, cuda_available, data_check, plan_row
 from .tables import RECORDS
 from .targets import DEFAULT_SEEDS, Targets
@@ -127,10 +127,11 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
                 command: str = "",  # may hold {target} and {seeds}
                 runner: Callable = launch.subprocess_runner, composer: Callable | None = None,
                 check_data: Callable = data_check, has_cuda: Callable[[], bool] = cuda_available,
-                figures: bool = True, allow_dirty: bool = False, log=None) -> Outcome:
+                figures: bool = True, allow_dirty: bool = False, compact: bool = False, log=None) -> Outcome:
     """Plan over the runs root and the records under ``<out>/runs``, train what is missing, write the
     counted runs' records under ``<out>/runs``, then build every table from those records alone: a
-    table reads the same on any checkout that has them (``--no-train`` rebuilds it byte for byte)."""
+    table reads the same on any checkout that has them (``--no-train`` rebuilds it byte for byte).
+    ``compact``: also each table's paper-ready ``<name>_compact.md`` and ``.tex`` (report/compact.py)."""
     log = log or sys.stderr
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     records = out_dir / RECORDS
@@ -174,6 +175,8 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
                               paper_title=t.title, figures=figures)
         outcome.results.append(result)
         outcome.written += render.write(result, out_dir)
+        if compact:
+            outcome.written += compact_tables.write(result, out_dir)
     index = 0
     for t in targets:  # a study sweeps the nets its first table counts
         if t.study is not None:
@@ -199,7 +202,9 @@ def report_lines(outcome: Outcome) -> list[str]:
         kinds = Counter(p.blocked_kind for p in result.plans if p.blocked)
         blocked = [f"{n} for {BLOCKED[k]}" for k, n in sorted(kinds.items())]
         md = next(p for p in outcome.written if p.name == f"{result.table.name}.md")
-        lines.append(f"{md} (+ .csv, .tex): {len(df)} rows, {len(reproducible)} reproducible, "
+        compact = any(p.name == f"{result.table.name}{compact_tables.SUFFIX}.md" for p in outcome.written)
+        also = ".csv, .tex" + (f", {compact_tables.SUFFIX}.md, {compact_tables.SUFFIX}.tex" if compact else "")
+        lines.append(f"{md} (+ {also}): {len(df)} rows, {len(reproducible)} reproducible, "
                      f"{with_runs} with results" + (f"; not runnable here: {', '.join(blocked)}" if blocked else ""))
     if outcome.problems:
         lines.append(f"{len(outcome.problems)} run director{'y' if len(outcome.problems) == 1 else 'ies'} "

@@ -16,7 +16,7 @@ from . import checks, curves
 from ..runs import Problem, Scan
 from .collect import to_frame
 from .plan import RowPlan
-from .targets import PaperNumber, Table
+from .targets import PAPER_NAMES, PaperNumber, Row, Table
 
 RECORDS = "runs"  # <out>/runs/<run id>/: the committed record of each run a table counts
 NO_PAPER = PaperNumber(None, "", "–")  # a row of an analogue table, not of the paper
@@ -111,6 +111,13 @@ def local_notes(plan: RowPlan, counted_elsewhere: set[str] = frozenset()) -> lis
     return parts
 
 
+def figure_title(table: Table, row: Row) -> str:
+    """The paper, its table and the row as the paper names them: "BNN, Table 1: BNN (Theano), MNIST"."""
+    short = table.title.split(":")[0]  # "Table 1" of "Table 1: classification test error (...)"
+    labels = ", ".join(str(row.labels[c]) for c in table.columns)
+    return f"{PAPER_NAMES.get(table.paper, table.paper)}, {short}: {labels}"
+
+
 def _row_figure(table: Table, plan: RowPlan, out_dir: Path) -> str:
     runs = [(f"seed {seed}", run.path) for seed, run in sorted(plan.runs.items())]
     if not runs or table.metric == "perplexity":  # the curves are error curves
@@ -121,8 +128,7 @@ def _row_figure(table: Table, plan: RowPlan, out_dir: Path) -> str:
         pct = paper * 100.0 if table.unit == "fraction" else paper
         paper_error = pct if table.metric == "test_error" else 100.0 - pct
     rel_path = Path("figures") / table.name / f"{plan.row.id}.png"
-    labels = ", ".join(str(plan.row.labels[c]) for c in table.columns)
-    title = f"{table.name}: {labels} (scale={plan.scale})"
+    title = f"{figure_title(table, plan.row)} (scale={plan.scale}, seeds {', '.join(map(str, sorted(plan.runs)))})"
     try:
         done = curves.plot_row(runs, out_dir / rel_path, title, paper_error)
     except OSError:

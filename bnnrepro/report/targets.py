@@ -1,7 +1,7 @@
 """The papers' tables as data: ``targets/<paper>.yaml`` (package data), one file per paper.
 
-Every number and confidence tag comes from ``reference/papers.md``; a row names the Hydra overrides
-(a preset, plus e.g. bit widths) whose runs reproduce it. File format::
+Every number and confidence tag comes from the reference sheet ``docs/papers.md``; a row names the
+Hydra overrides (a preset, plus e.g. bit widths) whose runs reproduce it. File format::
 
     paper: bnn
     title: ...
@@ -10,7 +10,7 @@ Every number and confidence tag comes from ``reference/papers.md``; a row names 
         title: ...
         metric: test_error             # what the paper reports: test_error | accuracy | perplexity
         unit: percent                  # percent | fraction | none
-        source: ...                    # where the table's numbers come from (papers.md section)
+        source: ...                    # where the table's numbers come from (docs/papers.md §)
         columns: [method, dataset]     # the row labels shown, in order
         rows:
           - id: theano-mnist
@@ -78,6 +78,7 @@ TAGS = ("CODE", "README", "SEC", "ABS", "U")
 METRICS = ("test_error", "accuracy", "perplexity")
 UNITS = ("percent", "fraction", "none")
 PAPERS = ("bnn", "qnn", "dorefa", "merolla")
+PAPER_NAMES = {"bnn": "BNN", "qnn": "QNN", "dorefa": "DoReFa-Net", "merolla": "Merolla et al."}  # as printed
 DEFAULT_SEEDS = (0, 1, 2)
 CHECK_KINDS = ("worse", "worst", "within")
 ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")

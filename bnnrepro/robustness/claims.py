@@ -240,7 +240,7 @@ def _bits_section(curves: Curves, dataset: str) -> list[str]:
              "net's (linear interpolation between the distorted levels, the undistorted one and no-ops "
              "left out); fewer bits there = more robust. '–': even the mildest distorted level exceeds it "
              "(for a hidden-weight sweep of a projected net this can be the real-valued net itself: see "
-             "its excess at the undistorted level in robustness_<noise>.md); '≥': no tested level does.", ""]
+             "its excess at the undistorted level in `robustness_<noise>.md`); '≥': no tested level does.", ""]
     df = curves.df
     found = False
     for noise in ("additive", "multiplicative", "binarize", "power", "clip", "bitflip"):

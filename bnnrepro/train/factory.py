@@ -10,6 +10,7 @@ from ..config import model_kwargs
 
 
 def build_model(cfg, input_shape, num_classes) -> nn.Module:
+    """The model a run's config describes (its model section and quantizer scheme), untrained."""
     return models.build(cfg.model.name, input_shape=tuple(input_shape), num_classes=num_classes,
                         **model_kwargs(cfg))
 
@@ -24,6 +25,7 @@ LOSSES = {"squared_hinge": squared_hinge, "cross_entropy": F.cross_entropy}
 
 
 def build_loss(name: str):
+    """The loss function ``train.loss`` names (``squared_hinge`` or ``cross_entropy``)."""
     try:
         return LOSSES[name]
     except KeyError:
