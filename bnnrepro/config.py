@@ -103,7 +103,7 @@ class ScaleConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "local"                 # local | wandb
+    name: str = "local"                 # local | csv | tensorboard | wandb
     project: str = "bnnrepro"
     mode: Optional[str] = None          # wandb mode; null: online with an API key, else offline
 
@@ -146,7 +146,7 @@ CHOICES = {
     "train.amp": ("none", "bf16"),
     "train.precision": ("auto", "fp32", "bf16"),
     "device": ("cpu", "cuda", "auto"),
-    "logger.name": ("local", "wandb"),
+    "logger.name": ("local", "csv", "tensorboard", "wandb"),
 }
 
 
@@ -229,6 +229,11 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("logger.name=wandb needs the wandb package: pip install 'bnnrepro[wandb]'")
+    if cfg.logger.name == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logger.name=tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 def _check_model_kwargs(cfg) -> None:
