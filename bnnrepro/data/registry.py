@@ -22,6 +22,9 @@ class DatasetSpec:
     read: Callable[[Any], dict]
     layout: str                         # where the files go under the root (torchvision's layout)
     supports_extra: bool = False
+    # the official splits' image counts (train before the validation cut, test, SVHN's extra): only
+    # for estimating a training's duration before its data is loaded
+    sizes: tuple[int, int, int] = (0, 0, 0)
 
 
 def _mnist(fashion: bool) -> Callable[..., Any]:
@@ -49,24 +52,27 @@ def _imagenet_read(located: dict) -> dict:
 DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist", 10, (1, 28, 28), 10_000, "BNN Theano mnist.py: train 0-50k, validation 50k-60k",
-        _mnist(False), mnist.read, "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]"),
+        _mnist(False), mnist.read, "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
+        sizes=(60_000, 10_000, 0)),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", 10, (1, 28, 28), 10_000, "as MNIST: train 0-50k, validation 50k-60k",
         _mnist(True), mnist.read,
         "<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], "
-        f"or Debian's {mnist.DEBIAN_FASHION_DIR}/*.gz"),
+        f"or Debian's {mnist.DEBIAN_FASHION_DIR}/*.gz", sizes=(60_000, 10_000, 0)),
     "cifar10": DatasetSpec(
         "cifar10", 10, (3, 32, 32), 5_000, "BNN Theano cifar10.py: 45k train / last 5k validation",
-        _cifar, cifar.read, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch} or <root>/cifar-10-python.tar.gz"),
+        _cifar, cifar.read, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch} or <root>/cifar-10-python.tar.gz",
+        sizes=(50_000, 10_000, 0)),
     "svhn": DatasetSpec(
         "svhn", 10, (3, 32, 32), 6_000,
         "last 6,000 of train_32x32.mat (pylearn2's 'valid', which BNN Theano used, is 400/class from "
         "train + 200/class from extra; with use_extra, extra is appended to the training part only)",
-        _svhn, svhn.read, "<root>/{train,test,extra}_32x32.mat", supports_extra=True),
+        _svhn, svhn.read, "<root>/{train,test,extra}_32x32.mat", supports_extra=True,
+        sizes=(73_257, 26_032, 531_131)),
     "imagenet": DatasetSpec(
         "imagenet", 1000, (3, imagenet.DEFAULT_IMAGE_SIZE, imagenet.DEFAULT_IMAGE_SIZE), 0,
         "none: the official val folder is the test split", _imagenet, _imagenet_read,
-        "<root>/imagenet/{train,val}/<class dir>/<image>"),
+        "<root>/imagenet/{train,val}/<class dir>/<image>", sizes=(1_281_167, 50_000, 0)),
 }
 
 
