@@ -25,6 +25,8 @@ COMMANDS = {
     "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive <run> ...",
     "table": "paper-vs-reproduced tables from finished runs: bnnrepro table <paper> [scale=quick]",
     "summary": "bit-aware model summary: bnnrepro summary <run> | bnnrepro summary +paper=bnn",
+    "runs": "list runs (status, test error, wall time): bnnrepro runs [PATH...] [--group-by experiment,scale]",
+    "plot": "mean-and-band curves of groups of runs: bnnrepro plot PATH... [--metric test_error] [--out FILE]",
     "completion": "print a shell completion script: bnnrepro completion bash|zsh",
 }
 
@@ -150,6 +152,8 @@ HANDLERS = {
     "robustness": _lazy("bnnrepro.robustness.commands:main"),
     "table": _lazy("bnnrepro.report.commands:table_main"),
     "summary": _lazy("bnnrepro.report.commands:summary_main"),
+    "runs": _lazy("bnnrepro.report.browse:runs_main"),
+    "plot": _lazy("bnnrepro.report.browse:plot_main"),
     "completion": cmd_completion,
 }
 

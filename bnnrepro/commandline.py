@@ -314,6 +314,33 @@ def table_parser(description: str = "Paper-vs-reproduced tables from finished ru
                    help="count runs made on a modified tree (marked +dirty); by default they are not counted")
     p.add_argument("--compact", action="store_true", help="also write <table>_compact.md and .tex: the "
                    "reproduced rows only, paper number vs mean +- std and n, scale and seeds in the caption")
+    p.add_argument("--dry-run", action="store_true",
+                   help="list the runs it would make or resume, with estimated durations; train nothing, write nothing")
+    return p
+
+
+def runs_parser(description: str = "List runs.", statuses: Iterable[str] = ()) -> Parser:
+    p = Parser("runs", description, overrides=("runs_dir",),
+               epilog="example: bnnrepro runs --group-by experiment,scale results/runs")
+    p.add_argument("paths", nargs="*", metavar="PATH",
+                   help="run directories, sweep folders, runs.txt files or folders of runs (default: the runs root)")
+    p.add_argument("--group-by", metavar="KEY[,KEY]",
+                   help="one line per group of these keys (summary columns or dotted config keys, e.g. "
+                        "experiment,scale or quant.w_bits): n, mean ± sample std of test error, seeds")
+    p.add_argument("--status", metavar="STATUS[,STATUS]", help=f"only runs of these statuses: {', '.join(statuses)}")
+    p.add_argument("--json", metavar="FILE", help="write the rows (or groups) as JSON to FILE (- : stdout)")
+    return p
+
+
+def plot_parser(description: str = "Plot curves of groups of runs.") -> Parser:
+    p = Parser("plot", description, overrides=("runs_dir",),
+               epilog="example: bnnrepro plot results/runs --group-by experiment --out /tmp/curves.png")
+    p.add_argument("paths", nargs="+", metavar="PATH",
+                   help="run directories, sweep folders, runs.txt files or folders of runs")
+    p.add_argument("--metric", default="test_error", help="a metrics.jsonl field (default test_error)")
+    p.add_argument("--group-by", metavar="KEY[,KEY]",
+                   help="one curve per group of these keys (default: every config key that differs, the seed aside)")
+    p.add_argument("--out", metavar="FILE", help="the PNG (default <runs root>/reports/plot/<metric>.png)")
     return p
 
 
@@ -328,7 +355,8 @@ def summary_parser(description: str = "A bit-aware model summary.") -> Parser:
 
 
 PARSERS = {"eval": eval_parser, "pack": pack_parser, "compare": compare_parser, "bench": bench_parser,
-           "robustness": robustness_parser, "table": table_parser, "summary": summary_parser}
+           "robustness": robustness_parser, "table": table_parser, "summary": summary_parser,
+           "runs": runs_parser, "plot": plot_parser}
 
 
 def write_json(text: str, dest: str) -> None:

@@ -105,7 +105,7 @@ class ScaleConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "local"                 # local | wandb
+    name: str = "local"                 # local | csv | tensorboard | wandb
     project: str = "bnnrepro"
     mode: Optional[str] = None          # wandb mode; null: online with an API key, else offline
 
@@ -148,7 +148,7 @@ CHOICES = {
     "train.amp": ("none", "bf16"),
     "train.precision": ("auto", "fp32", "bf16"),
     "device": ("cpu", "cuda", "auto"),
-    "logger.name": ("local", "wandb"),
+    "logger.name": ("local", "csv", "tensorboard", "wandb"),
 }
 
 
@@ -256,6 +256,11 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("wandb") is None:
             raise ConfigError("logger.name=wandb needs the wandb package: pip install 'bnnrepro[wandb]'")
+    if cfg.logger.name == "tensorboard":
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ConfigError("logger.name=tensorboard needs the tensorboard package: pip install tensorboard")
 
 
 def _check_optimizer(cfg) -> None:
@@ -276,13 +281,14 @@ def _check_data_sizes(cfg) -> None:
     spec = data.registry.get(cfg.data.name)
     if cfg.data.use_extra and not spec.supports_extra:
         raise ConfigError(f"data.use_extra=true is only for svhn, not {spec.name}; allowed: false")
-    if spec.train_size is None:
+    train_size, _, extra_size = spec.sizes
+    if not train_size:  # unknown (an ImageNet folder)
         return
     val = spec.default_val_size if cfg.data.val_size is None else int(cfg.data.val_size)
-    if val >= spec.train_size:
+    if val >= train_size:
         raise ConfigError(f"data.val_size={val} leaves no training examples: {spec.name}'s train split has "
-                          f"{spec.train_size}; allowed: 0 to {spec.train_size - 1}")
-    n_train = spec.train_size - val + (spec.extra_size if cfg.data.use_extra else 0)
+                          f"{train_size}; allowed: 0 to {train_size - 1}")
+    n_train = train_size - val + (extra_size if cfg.data.use_extra else 0)
     subset = effective_train_subset(cfg)
     n_train = min(n_train, subset) if subset else n_train
     if cfg.train.batch_size > n_train:

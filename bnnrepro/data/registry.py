@@ -11,9 +11,6 @@ from .archives import Download
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """What a dataset is (classes, input shape, default validation split) and how its files are
-    found and read; one per entry of :data:`DATASETS`."""
-
     name: str
     num_classes: int
     input_shape: tuple[int, int, int]   # (C, H, W) as stored; ImageNet: at the default image_size
@@ -25,9 +22,9 @@ class DatasetSpec:
     read: Callable[[Any], dict]
     layout: str                         # where the files go under the root (torchvision's layout)
     supports_extra: bool = False
-    # examples in the official train (and extra) split; None where it varies (ImageNet folders)
-    train_size: int | None = None
-    extra_size: int = 0
+    # the official splits' image counts (train before the validation cut, test, SVHN's extra): only
+    # for estimating a training's duration before its data is loaded
+    sizes: tuple[int, int, int] = (0, 0, 0)
 
 
 def _mnist(fashion: bool) -> Callable[..., Any]:
@@ -56,36 +53,34 @@ DATASETS: dict[str, DatasetSpec] = {
     "mnist": DatasetSpec(
         "mnist", 10, (1, 28, 28), 10_000, "BNN Theano mnist.py: train 0-50k, validation 50k-60k",
         _mnist(False), mnist.read, "<root>/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]",
-        train_size=60_000),
+        sizes=(60_000, 10_000, 0)),
     "fashion_mnist": DatasetSpec(
         "fashion_mnist", 10, (1, 28, 28), 10_000, "as MNIST: train 0-50k, validation 50k-60k",
         _mnist(True), mnist.read,
         "<root>/FashionMNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz], "
-        f"or Debian's {mnist.DEBIAN_FASHION_DIR}/*.gz", train_size=60_000),
+        f"or Debian's {mnist.DEBIAN_FASHION_DIR}/*.gz", sizes=(60_000, 10_000, 0)),
     "cifar10": DatasetSpec(
         "cifar10", 10, (3, 32, 32), 5_000, "BNN Theano cifar10.py: 45k train / last 5k validation",
         _cifar, cifar.read, "<root>/cifar-10-batches-py/{data_batch_1..5,test_batch} or <root>/cifar-10-python.tar.gz",
-        train_size=50_000),
+        sizes=(50_000, 10_000, 0)),
     "svhn": DatasetSpec(
         "svhn", 10, (3, 32, 32), 6_000,
         "last 6,000 of train_32x32.mat (pylearn2's 'valid', which BNN Theano used, is 400/class from "
         "train + 200/class from extra; with use_extra, extra is appended to the training part only)",
         _svhn, svhn.read, "<root>/{train,test,extra}_32x32.mat", supports_extra=True,
-        train_size=73_257, extra_size=531_131),
+        sizes=(73_257, 26_032, 531_131)),
     "imagenet": DatasetSpec(
         "imagenet", 1000, (3, imagenet.DEFAULT_IMAGE_SIZE, imagenet.DEFAULT_IMAGE_SIZE), 0,
         "none: the official val folder is the test split", _imagenet, _imagenet_read,
-        "<root>/imagenet/{train,val}/<class dir>/<image>"),
+        "<root>/imagenet/{train,val}/<class dir>/<image>", sizes=(1_281_167, 50_000, 0)),
 }
 
 
 def names() -> list[str]:
-    """Every registered dataset name, sorted."""
     return sorted(DATASETS)
 
 
 def get(name: str) -> DatasetSpec:
-    """The :class:`DatasetSpec` of ``name``; ValueError listing the allowed names when unknown."""
     try:
         return DATASETS[name]
     except KeyError:

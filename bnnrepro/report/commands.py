@@ -76,6 +76,13 @@ def table_main(argv: list[str], **hooks) -> int:
     runs_dir = commandline.runs_root(args.overrides)
     out_dir = commandline.report_dir("table", args.out, args.overrides)
     # per paper, so a table reads the same whether `table all` or `table <paper>` wrote it
+    if args.dry_run:
+        from .dryrun import dry_run_lines
+
+        hooks.pop("runner", None)
+        print("\n".join(dry_run_lines(loaded, runs_dir=runs_dir, out_dir=out_dir, scale=scale, seeds=seeds, jobs=args.jobs,
+                                      threads=threads, allow_dirty=args.allow_dirty, **hooks)))
+        return 0
     command = f"bnnrepro table {{target}} scale={scale} seed={{seeds}}" + (" --allow-dirty" if args.allow_dirty else "")
     try:
         outcome = pipeline.make_tables(loaded, runs_dir=runs_dir, out_dir=out_dir, scale=scale,

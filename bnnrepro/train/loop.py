@@ -21,7 +21,7 @@ from ..errors import CheckpointError, TrainingDiverged
 from ..nn import precision as matmul_precision
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
-from . import distributed
+from . import distributed, estimate
 from .batches import epoch_order, num_batches
 from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
@@ -165,6 +165,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
     if ctx.is_main:
         _print_header(cfg, run_dir, splits, model, epochs, device, ctx.world, precision)
+        estimate.warn_paper_on_cpu(cfg, model, splits, device, epochs - start_epoch)
     n_train = train_x.shape[0]
     steps = num_batches(n_train, cfg.train.batch_size)
     sync_every = 1 if device.type == "cpu" else 50
@@ -251,6 +252,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     summary["code_version_start"] = code_start
     summary["world_size"] = ctx.world
     runs.atomic_write_json(run_dir / SUMMARY, summary)
+    runs.draw_curves(run_dir)  # a plotting failure warns; the run stays completed
     logger.finish(summary)
     print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
           f"final {summary['final_test_error']:.2f}%, {summary['wall_time_s']:.0f} s", file=sys.stderr)
