@@ -282,7 +282,7 @@ def _check_data_sizes(cfg) -> None:
     if cfg.data.use_extra and not spec.supports_extra:
         raise ConfigError(f"data.use_extra=true is only for svhn, not {spec.name}; allowed: false")
     train_size, _, extra_size = spec.sizes
-    if not train_size:  # unknown (an ImageNet folder)
+    if not train_size:
         return
     val = spec.default_val_size if cfg.data.val_size is None else int(cfg.data.val_size)
     if val >= train_size:

@@ -123,6 +123,12 @@ CASES = [
     ("table-jobs", ["table", "bnn", "--jobs", "0", "--no-train"], "must be positive integers"),
     ("summary-text", ["summary", "{text}"], "cannot be loaded safely"),
     ("summary-pickle", ["summary", "{pickle}"], "cannot be loaded safely"),
+    ("runs-missing", ["runs", "{tmp}/nope"], "no such run directory, sweep folder or runs.txt"),
+    ("runs-status", ["runs", "--status", "bogus", "{run}"], "--status 'bogus' is unknown; allowed:"),
+    ("runs-group-key", ["runs", "--group-by", "nosuch.key", "{run}"], "no run has the key 'nosuch.key'"),
+    ("plot-metric", ["plot", "{run}", "--metric", "bogus", "--out", "{tmp}/p.png"],
+     "--metric 'bogus' is not a metrics.jsonl field; allowed:"),
+    ("plot-checkpoint", ["plot", "{pickle}", "--out", "{tmp}/p.png"], "not a run directory, sweep folder or runs.txt"),
     ("command", ["trian"], "unknown command 'trian'"),
 ]
 

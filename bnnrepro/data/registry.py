@@ -11,6 +11,9 @@ from .archives import Download
 
 @dataclass(frozen=True)
 class DatasetSpec:
+    """What a dataset is (classes, input shape, default validation split) and how its files are
+    found and read; one per entry of :data:`DATASETS`."""
+
     name: str
     num_classes: int
     input_shape: tuple[int, int, int]   # (C, H, W) as stored; ImageNet: at the default image_size
@@ -22,8 +25,8 @@ class DatasetSpec:
     read: Callable[[Any], dict]
     layout: str                         # where the files go under the root (torchvision's layout)
     supports_extra: bool = False
-    # the official splits' image counts (train before the validation cut, test, SVHN's extra): only
-    # for estimating a training's duration before its data is loaded
+    # the official splits' image counts (train before the validation cut, test, SVHN's extra), known
+    # before any file is read: for validating split and batch sizes, and estimating a run's duration
     sizes: tuple[int, int, int] = (0, 0, 0)
 
 
@@ -77,10 +80,12 @@ DATASETS: dict[str, DatasetSpec] = {
 
 
 def names() -> list[str]:
+    """Every registered dataset name, sorted."""
     return sorted(DATASETS)
 
 
 def get(name: str) -> DatasetSpec:
+    """The :class:`DatasetSpec` of ``name``; ValueError listing the allowed names when unknown."""
     try:
         return DATASETS[name]
     except KeyError:
