@@ -382,6 +382,36 @@ def test_md5_cache_makes_second_load_skip_hashing(tmp_path, monkeypatch):
     assert len(calls) == 5
 
 
+def test_md5_cache_sees_an_edit_that_keeps_size_and_mtime(tmp_path, monkeypatch):
+    """The hostile case: bytes changed in place, size and mtime restored; ctime gives it away."""
+    make_mnist(tmp_path / "root", monkeypatch)
+    data.check("mnist", tmp_path / "root")  # every md5 cached
+    path = tmp_path / "root" / "MNIST" / "raw" / "t10k-labels-idx1-ubyte.gz"
+    st = path.stat()
+    blob = bytearray(path.read_bytes())
+    blob[-1] ^= 0xFF
+    time.sleep(0.01)  # ctime resolution
+    path.write_bytes(bytes(blob))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(data.CorruptFileError, match="t10k-labels-idx1-ubyte.gz: md5"):
+        data.check("mnist", tmp_path / "root")
+
+
+def test_md5_cache_sees_a_file_replaced_by_another(tmp_path, monkeypatch):
+    make_mnist(tmp_path / "root", monkeypatch)
+    data.check("mnist", tmp_path / "root")
+    raw = tmp_path / "root" / "MNIST" / "raw"
+    a, b = raw / "t10k-labels-idx1-ubyte.gz", raw / "train-labels-idx1-ubyte.gz"
+    st = a.stat()
+    other = tmp_path / "other.gz"
+    other.write_bytes(b.read_bytes()[: st.st_size].ljust(st.st_size, b"\0"))
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, a)  # same path, size and mtime; another inode
+    with pytest.raises(data.CorruptFileError, match="t10k-labels"):
+        data.check("mnist", tmp_path / "root")
+
+
 def test_download_fetches_verifies_and_renames(tmp_path, monkeypatch):
     source = tmp_path / "server"
     make_mnist(source, monkeypatch)

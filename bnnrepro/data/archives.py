@@ -148,17 +148,26 @@ def _write_md5_cache(data: dict) -> None:
         log.debug("md5 cache not written: %s", err)
 
 
+def _stat_key(st: os.stat_result) -> list[int]:
+    """What identifies one version of a file's content without reading it. ``ctime`` is the part a
+    user cannot set: editing a file and restoring its size and mtime (``touch -d``) still moves it."""
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
 def file_md5(path: Path) -> str:
-    """md5 of ``path``, reusing a cached value while size and mtime are unchanged."""
+    """md5 of ``path``, reusing a cached value only while device, inode, size, mtime and ctime are
+    all unchanged (a rewritten, replaced or touched file is hashed again)."""
     st = path.stat()
     key = str(path.resolve())
     cache = _read_md5_cache()
     hit = cache.get(key)
-    if isinstance(hit, list) and len(hit) == 3 and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
-        return str(hit[2])
+    if isinstance(hit, list) and len(hit) == 6 and hit[:5] == _stat_key(st):
+        return str(hit[5])
     digest = md5sum(path)
+    if _stat_key(path.stat()) != _stat_key(st):
+        return digest  # changed while it was read: the digest describes no stable version
     cache = _read_md5_cache()  # re-read: another process may have added entries meanwhile
-    cache[key] = [st.st_size, st.st_mtime_ns, digest]
+    cache[key] = [*_stat_key(st), digest]
     _write_md5_cache(cache)
     return digest
 
