@@ -34,6 +34,14 @@ class RunError(ValueError):
     """A run directory (or a list of them) is missing, unreadable or not a run."""
 
 
+class RunLocked(RunError):
+    """Another live process is writing the run directory; the message names it (pid, host, command)."""
+
+
+class StorageError(RuntimeError):
+    """A write failed because the disk (or the quota) is full, or the device failed; the previous file is kept."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the epoch and step."""
 
@@ -47,5 +55,6 @@ class TargetsError(ValueError):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, UsageError, DataError, CheckpointError, RunError, TrainingDiverged, PackError, TargetsError,
+    ConfigError, UsageError, DataError, CheckpointError, RunError, StorageError, TrainingDiverged, PackError,
+    TargetsError,
     FileNotFoundError, FileExistsError, PermissionError, ValueError)

@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from bnnrepro import runs as run_files
-from bnnrepro.errors import CheckpointError
+from bnnrepro.errors import StorageError
 from bnnrepro.train import fit
 from conftest import compose
 
@@ -218,7 +218,7 @@ def test_disk_full_while_checkpointing_keeps_last_good_checkpoint(mnist_root, ru
         return real_save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(torch, "save", save_then_disk_full)
-    with pytest.raises(CheckpointError, match=r"checkpoint of epoch 2 in .*full.*No space left on device"):
+    with pytest.raises(StorageError, match=r"checkpoint of epoch 2 .*full.*No space left on device"):
         fit(compose(common + ["run_name=full"]))
     monkeypatch.setattr(torch, "save", real_save)
     run = runs_dir / "full"

@@ -59,6 +59,11 @@ def _crafted(tmp: Path, marker: Path) -> dict[str, Path]:
     run.mkdir()
     (run / "config.yaml").write_text(f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
     files["yaml"] = run
+    bomb = tmp / "alias-run"
+    bomb.mkdir()
+    (bomb / "config.yaml").write_text("a: &a [1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 8)}]\n" for p, n in zip("abcdefgh", "bcdefghi")))
+    files["bomb"] = bomb
     files["text"] = tmp / "notes.txt"
     files["text"].write_text("not a checkpoint\n")
     return files
@@ -94,6 +99,12 @@ CASES = [
     ("model-cannot-take-input", ["train", "+experiment=dorefa_svhn_A", "data=mnist", "data.image_size=null",
                                  "scale=smoke"], "cannot be built for mnist input (1, 28, 28)"),
     ("resume-crafted-yaml", ["train", "resume={yaml}"], "config.yaml"),
+    ("resume-empty", ["train", "resume="], "resume= is empty"),
+    ("resume-blank", ["train", "resume=' '"], "resume= is empty"),
+    ("resume-missing", ["train", "resume={tmp}/nope"], "no such run directory"),
+    ("resume-override", ["train", "resume={run}", "optim.lr=0.5"], "would change what it computes: optim.lr=0.5"),
+    ("resume-group", ["train", "resume={run}", "model=bnn_convnet"], "would change what it computes: model="),
+    ("resume-alias-bomb", ["train", "resume={bomb}"], "anchor or alias"),
     # eval, pack, compare: numbers that used to mean "all" or crash inside torch
     ("eval-batch-zero", ["eval", "{run}", "train.eval_batch_size=0"], "train.eval_batch_size=0 must be a positive"),
     ("eval-text-file", ["eval", "{text}"], "cannot be loaded safely"),

@@ -117,7 +117,7 @@ def test_runs_status_json_and_default_root(four_kinds, capsys, monkeypatch):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["runs", "RUNS", "--status", "done"], "--status 'done' is unknown; allowed: completed, interrupted, diverged, problem"),
+    (["runs", "RUNS", "--status", "done"], "--status 'done' is unknown; allowed: completed, running, interrupted, diverged, problem"),
     (["runs", "RUNS", "--group-by", "quant.wbits"], "did you mean 'quant.w_bits'?"),
     (["runs", "MISSING"], "no such run directory, sweep folder or runs.txt"),
     (["plot", "RUNS", "--metric", "accuracy"], "--metric 'accuracy' is not a metrics.jsonl field; allowed: lr, train_loss"),

@@ -11,8 +11,8 @@ from ..errors import RunError, UsageError
 from .curves import plot_groups
 
 RUNS_HELP = """\
-List runs: id, status (completed, interrupted: resumable, diverged, problem: not counted, and why),
-experiment, scale, seed, epochs done/total, test error (at the best validation epoch), wall time.
+List runs: id, status (completed, running: being trained now, interrupted: resumable, diverged,
+problem: not counted, and why), experiment, scale, seed, epochs done/total, test error (at the best validation epoch), wall time.
 With --group-by, one line per group: n completed runs, mean ± sample std of their test error, seeds.
 The same data as a pandas DataFrame: bnnrepro.runs.frame(paths)."""
 

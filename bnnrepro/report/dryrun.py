@@ -78,6 +78,10 @@ def dry_run_lines(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scal
             left = max(epochs - len(run.metric_rows()), 0)
             if est is not None:
                 est = estimate.Estimate(est.seconds_per_epoch, left, est.source)
+            if runs.lock_holder(run.path) is not None:
+                lines.append(f"  {plan.row.id}: {run.id} (seed {seed}) is being trained now by another process; "
+                             "not resumed")
+                continue
             lines.append(f"  {plan.row.id}: resume {run.id} (seed {seed}, {left} of {epochs} epochs left): "
                          f"{_describe(est)}")
             total += est.seconds if est else 0.0

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .. import runs as run_records
+from ..runs.lock import describe as describe_holder
 from .plan import RowPlan
 
 
@@ -53,6 +55,11 @@ def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int
         if plan.missing:
             new.setdefault((tuple(plan.row.overrides), plan.scale), set()).update(plan.missing)
         for run in plan.interrupted.values():
+            live = run_records.lock_holder(run.path)
+            if live is not None:  # a second writer would duplicate its epochs
+                print(f"note: not resuming {run.path}: it is being trained by {describe_holder(live)}",
+                      file=sys.stderr)
+                continue
             resume[str(Path(run.path).resolve())] = 1
     common = ["train.progress=false", "device=auto"]
     if threads:

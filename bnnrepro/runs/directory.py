@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import sys
 import time
 from pathlib import Path
+
+from .files import MARKERS
+from .lock import LOCK, holder
 
 RUNS_ENV = "BNNREPRO_RUNS"
 
@@ -42,7 +46,20 @@ def create(root: Path, name: str | None, label: str) -> Path:
             path.mkdir(parents=True)
             return path
         except FileExistsError:
+            if name and _never_started(path):
+                print(f"note: reusing {path}: it was created but its run never started", file=sys.stderr)
+                return path
             if name:
                 raise FileExistsError(f"run directory {path} exists; resume it with resume={path} "
                                       "or choose another run_name") from None
     raise RuntimeError(f"could not create a unique run directory under {root}")
+
+
+def _never_started(path: Path) -> bool:
+    """A directory a killed run left between ``mkdir`` and its ``config.yaml``: nothing but perhaps
+    its free lock file in it."""
+    try:
+        entries = {p.name for p in path.iterdir()}
+    except OSError:
+        return False
+    return not (entries - {LOCK}) and not any(m in entries for m in MARKERS) and holder(path) is None

@@ -6,11 +6,14 @@ finished epoch), ``summary.json`` (written last), ``last.pt`` / ``previous.pt`` 
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from ..errors import StorageError
 
 CONFIG, METRICS, SUMMARY = "config.yaml", "metrics.jsonl", "summary.json"
 LAST, PREVIOUS, BEST = "last.pt", "previous.pt", "best.pt"
@@ -33,19 +36,51 @@ def commit_file(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
     os.replace(tmp, path)
 
 
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EFBIG, errno.EROFS}
+# what torch.save raises when the file object under it fails: its C++ writer swallows the OSError
+_TORCH_WRITE_FAILED = ("file write failed", "inline_container", "PytorchStreamWriter failed")
+
+
+def storage_error(err: BaseException, path: Path) -> StorageError | None:
+    """The one clear error for a failed write of ``path`` (disk or quota full, I/O error, read-only
+    file system), from the OS's ``OSError`` or torch's ``RuntimeError``; None for other errors."""
+    if isinstance(err, OSError) and err.errno in _STORAGE_ERRNOS:
+        why = err.strerror or str(err)
+    elif isinstance(err, RuntimeError) and any(s in str(err) for s in _TORCH_WRITE_FAILED):
+        why = "the write failed"
+    else:
+        return None
+    try:
+        st = os.statvfs(path.parent)
+        free = f"; {st.f_bavail * st.f_frsize / 2**20:.1f} MiB free there"
+    except OSError:
+        free = ""
+    clear = StorageError(f"could not write {path}: {why}{free}. The previous {path.name} (if any) is kept; "
+                         "free some space and run the command again")
+    clear.reason = f"{path.name}: {why}{free}"
+    return clear
+
+
 def atomic_write_bytes(path: str | os.PathLike, write: Callable) -> Path:
     """``write(fileobj)`` into a temp file beside ``path``; flush, fsync, then rename over ``path``.
-    A crash at any point leaves either the old file or the new one, never a torn one."""
+    A crash at any point leaves either the old file or the new one, never a torn one; a full disk
+    raises :class:`StorageError` and leaves the old one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise (storage_error(err, path) or err) from None
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; files get the usual permissions
         with os.fdopen(fd, "wb") as f:
             write(f)
         commit_file(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        clear = storage_error(err, path)
+        if clear is not None:
+            raise clear from None
         raise
     return path
 
@@ -60,8 +95,11 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2)
 
 def append_line(path: str | os.PathLike, line: str) -> None:
     """One short ``O_APPEND`` write: concurrent writers (parallel multirun jobs) never interleave."""
-    with open(path, "a") as f:
-        f.write(line.rstrip("\n") + "\n")
+    try:
+        with open(path, "a") as f:
+            f.write(line.rstrip("\n") + "\n")
+    except OSError as err:
+        raise (storage_error(err, Path(path)) or err) from None
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:

@@ -1,7 +1,7 @@
 """Runs as pandas DataFrames, for a notebook or a script as for ``bnnrepro runs`` and ``bnnrepro plot``.
 
-- :func:`frame`: one row per run directory, every status (``completed``, ``interrupted``,
-  ``diverged``, ``problem``): the summary columns :data:`COLUMNS`, then the run's ``config.yaml``
+- :func:`frame`: one row per run directory, every status (``completed``, ``running`` (its lock is
+  held), ``interrupted``, ``diverged``, ``problem``): the summary columns :data:`COLUMNS`, then the run's ``config.yaml``
   flattened to dotted keys (``quant.w_bits``, ``train.epochs``, ``scale.name``; lists as tuples);
 - :func:`epochs_frame`: one row per finished epoch (``metrics.jsonl``) with the run's ``id``;
 - :func:`groups`: per group of config keys, n, mean and sample std of a metric over the completed
@@ -28,11 +28,12 @@ from ..errors import RunError
 from .files import METRICS, RUNS_LIST, read_jsonl
 from .fingerprint import _ignored, flatten
 from .provenance import code_label
+from .lock import holder
 from .record import Problem, _run_dirs, is_run_dir, read_config, read_list, read_run, read_summary
 
 COLUMNS = ("id", "status", "experiment", "paper", "scale", "seed", "epochs_done", "epochs", "test_error",
            "best_val_error", "final_test_error", "wall_time_s", "code", "dirty", "problem", "path")
-STATUSES = ("completed", "interrupted", "diverged", "problem")
+STATUSES = ("completed", "running", "interrupted", "diverged", "problem")  # running: its lock is held now
 
 
 def run_dirs(paths: Iterable[str | os.PathLike]) -> list[Path]:
@@ -85,7 +86,7 @@ def run_row(path: Path) -> dict:
     if isinstance(item, Problem):
         status = "diverged" if summary.get("status") == "diverged" else "problem"
     else:
-        status = item.status
+        status = "running" if item.status == "interrupted" and holder(path) is not None else item.status
     done = status == "completed"
     nan = math.nan
     row = {

@@ -126,20 +126,58 @@ def _run_dirs(root: Path):
                              and depth < MAX_DEPTH)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a resolved config is a few kB; a bigger file is not one we wrote
+
+
+def load_config_text(text: str) -> tuple[dict | None, str | None]:
+    """Parse the text of a ``config.yaml`` as we write it: plain YAML (no anchors or aliases, so no
+    alias bomb), a mapping, and no ``${...}`` interpolation left (ours is written resolved)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        return None, f"{CONFIG} is {len(text)} bytes, over the {MAX_CONFIG_BYTES} a config can be"
+    try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
+                return None, f"{CONFIG} uses a YAML anchor or alias (line {token.start_mark.line + 1}); ours never do"
+        cfg = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        return None, f"{CONFIG} is not valid YAML ({type(err).__name__})"
+    if not isinstance(cfg, dict):
+        return None, f"{CONFIG} is not a mapping"
+    where = _interpolation(cfg)
+    if where:
+        return None, f"{CONFIG} holds an interpolation at {where}; ours are written resolved"
+    return cfg, None
+
+
+def _interpolation(node: Any, at: str = "") -> str | None:
+    """The dotted key of the first string holding ``${``, else None."""
+    if isinstance(node, dict):
+        items = node.items()
+    elif isinstance(node, list):
+        items = enumerate(node)
+    else:
+        return at or "(top)" if isinstance(node, str) and "${" in node else None
+    for key, value in items:
+        found = _interpolation(value, f"{at}.{key}" if at else str(key))
+        if found:
+            return found
+    return None
+
+
 def read_config(path: Path) -> tuple[dict | None, str | None]:
-    """A run's ``config.yaml`` as a dict, or None and why not."""
+    """A run's ``config.yaml`` as a dict (see :func:`load_config_text`), or None and why not."""
     path = Path(path)
     if path.is_dir():
         path = path / CONFIG
     if not path.is_file():
         return None, f"no {CONFIG}"
     try:
-        cfg = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return None, f"{CONFIG} is {path.stat().st_size} bytes, over the {MAX_CONFIG_BYTES} a config can be"
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as err:
         return None, f"{CONFIG} is unreadable ({type(err).__name__})"
-    if not isinstance(cfg, dict):
-        return None, f"{CONFIG} is not a mapping"
-    return cfg, None
+    return load_config_text(text)
 
 
 def read_summary(run_dir: Path) -> dict | None:

@@ -1,12 +1,15 @@
 """The training loop: epochs, BNN's best-validation protocol, checkpoint/resume, summary.json last."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +20,7 @@ from tqdm import tqdm
 from .. import data as datasets
 from ..config import (Config, effective_dropout_hidden, effective_epochs, effective_train_subset,
                       effective_width_mult, schedule_epochs, validate)
-from ..errors import CheckpointError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, RunError, StorageError, TrainingDiverged
 from ..nn import precision as matmul_precision
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
@@ -27,6 +30,14 @@ from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
 
 from ..runs import CONFIG, METRICS, SUMMARY
+from ..runs.fingerprint import flatten
+
+# the fields a resume may change: where things are and how they are shown, not what is computed
+# (threads and device do change the float sums; they are allowed, warned about and recorded)
+RESUME_SAFE = ("data.root", "data.download", "train.progress", "train.eval_batch_size", "logger",
+               "train.num_threads", "device")
+# ... and those that name the run (a copied or moved run keeps its checkpoint's config)
+NOT_COMPUTED = RESUME_SAFE + ("run_name", "runs_dir", "resume")
 
 
 def _seed_everything(seed: int, deterministic: bool) -> None:
@@ -37,15 +48,68 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def _load_resume_config(run_dir: Path, overrides: DictConfig | None) -> DictConfig:
+def _is_safe(key: str, fields=RESUME_SAFE) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in fields)
+
+
+def config_hash(config: dict) -> str:
+    """sha256 of a run's config without the fields that do not change what it computes
+    (:data:`NOT_COMPUTED`)."""
+    kept = {k: v for k, v in flatten(config).items() if not _is_safe(k, NOT_COMPUTED)}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _resume_overrides(overrides: list[str] | None) -> list[str]:
+    """The dotted keys overridden beside ``resume=``; refuses, naming them, any that would change
+    what the run computes."""
+    keys, refused = [], []
+    for item in overrides or []:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if key == "resume":
+            continue
+        if _is_safe(key):
+            keys.append(key)
+        else:
+            refused.append(item)
+    if refused:
+        raise ConfigError(
+            f"resume= continues a run as it was configured; these overrides would change what it computes: "
+            f"{' '.join(refused)}. Drop them, or start a new run without resume=. A resume may only set: "
+            f"{', '.join(RESUME_SAFE)}")
+    return keys
+
+
+def _load_resume_config(run_dir: Path, cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, dict]:
+    """The run's stored config (read safely, checked against the schema) with the safe overrides
+    ``keys`` applied from ``cfg``; and the stored config as read."""
     saved, why = runs.read_config(run_dir)
     if saved is None:
-        raise FileNotFoundError(f"resume={run_dir}: {why} there; is it a bnnrepro run directory?")
-    # merged onto the schema so that fields added since the run started take their defaults
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
-    if overrides is not None and overrides.get("data", {}).get("root"):
-        cfg.data.root = overrides.data.root  # the data may live elsewhere on the resuming machine
-    return cfg
+        raise RunError(f"resume={run_dir}: {why}; it cannot be resumed")
+    try:
+        # merged onto the schema so that fields added since the run started take their defaults
+        resumed = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.create(saved))
+    except Exception as err:  # omegaconf's ValidationError / KeyError names the key
+        raise ConfigError(f"resume={run_dir}: its {CONFIG} does not fit the config schema: "
+                          f"{str(err).splitlines()[0]}") from None
+    for key in keys:  # the data may live elsewhere on the resuming machine, ...
+        OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False)
+    resumed.resume = str(run_dir)
+    return resumed, saved
+
+
+def _check_against_checkpoint(run_dir: Path, saved: dict, state: dict) -> None:
+    """The stored config must be the one the checkpoint was trained with (an edited ``config.yaml``
+    would silently train something else from then on)."""
+    recorded = state.get("config_hash")
+    trained = flatten(state.get("config") or {})
+    now = flatten(saved)
+    changed = [f"{k}: {trained[k]!r} -> {now[k]!r}" for k in sorted(now)
+               if not _is_safe(k, NOT_COMPUTED) and k in trained and trained[k] != now[k]]
+    if recorded and recorded != config_hash(saved) and not changed:
+        changed = ["(fields added or removed)"]
+    if changed:
+        raise CheckpointError(f"resume={run_dir}: its {CONFIG} no longer matches the config its checkpoint "
+                              f"was trained with ({'; '.join(changed[:5])}); restore {CONFIG}, or start a new run")
 
 
 def _read_metrics(path: Path, epochs_done: int) -> list[dict]:
@@ -70,26 +134,66 @@ def _finished_status(run_dir: Path) -> str | None:
     return status if status in ("completed", "diverged") else None
 
 
-def prepare(cfg: DictConfig) -> tuple[DictConfig, Path, dict | None]:
-    """Validate, resolve resume, create or reopen the run directory. Loads no data."""
-    if cfg.get("resume"):
-        run_dir = Path(cfg.resume).expanduser()
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"resume={cfg.resume}: no such run directory")
-        cfg = _load_resume_config(run_dir, cfg)
-        validate(cfg)
-        status = _finished_status(run_dir)
-        if status:
-            return cfg, run_dir, {"finished": status}
-        return cfg, run_dir, runs.load_resumable(run_dir)
+@dataclass
+class Prepared:
+    cfg: DictConfig
+    run_dir: Path
+    state: dict | None               # the checkpoint resumed from; {"finished": status}; None: from scratch
+    config_hash: str
+    created: bool = False            # a new run directory (removed again if the run fails before a checkpoint)
+    applied: list[str] = field(default_factory=list)  # safe overrides applied on resume
+
+
+def prepare(cfg: DictConfig, held: list | None = None) -> Prepared:
+    """Validate, resolve resume, create or reopen the run directory and take its lock (appended to
+    ``held``; the caller releases it). Loads no data."""
+    held = [] if held is None else held
+    if cfg.get("resume") is not None:
+        return _prepare_resume(cfg, held)
     validate(cfg)
     root = runs.runs_root(cfg.runs_dir)
     runs.check_writable(root)
     # missing or corrupt archives fail here, before a run directory exists (md5s are cached)
     datasets.check(cfg.data.name, cfg.data.root, download=cfg.data.download, use_extra=cfg.data.use_extra)
     run_dir = runs.create(root, cfg.run_name, runs.default_name(cfg))
-    runs.atomic_write_text(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
-    return cfg, run_dir, None
+    try:
+        held.append(runs.lock_run(run_dir, "start it"))
+        text = OmegaConf.to_yaml(cfg, resolve=True)
+        runs.atomic_write_text(run_dir / CONFIG, text)
+    except BaseException:
+        if not held or held[-1].run_dir != run_dir:
+            raise  # another process holds it: not ours to remove
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    saved, _ = runs.load_config_text(text)
+    return Prepared(cfg, run_dir, None, config_hash(saved or {}), created=True)
+
+
+def _prepare_resume(cfg: DictConfig, held: list) -> Prepared:
+    if not str(cfg.resume).strip():
+        raise ConfigError("resume= is empty: give the run directory to continue (resume=runs/<name>), "
+                          "or leave resume out to start a new run")
+    run_dir = Path(str(cfg.resume).strip()).expanduser()
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"resume={cfg.resume}: no such run directory")
+    keys = _resume_overrides(_overrides())
+    if not (run_dir / CONFIG).is_file():  # checked before the lock file is made in a folder not ours
+        if not any((run_dir / m).exists() for m in runs.MARKERS) and not (set(os.listdir(run_dir)) - {runs.LOCK}):
+            raise RunError(f"resume={run_dir}: the run was created but never started (stopped before its "
+                           f"{CONFIG} was written); start it again with run_name={run_dir.name} "
+                           f"runs_dir={run_dir.parent} (the empty directory is reused), or delete it")
+        raise RunError(f"resume={run_dir}: no {CONFIG} there; is it a bnnrepro run directory?")
+    held.append(runs.lock_run(run_dir, "resume it"))
+    resumed, saved = _load_resume_config(run_dir, cfg, keys)
+    validate(resumed)
+    applied = [f"{k}={OmegaConf.select(resumed, k)}" for k in keys]
+    status = _finished_status(run_dir)
+    if status:
+        return Prepared(resumed, run_dir, {"finished": status}, config_hash(saved), applied=applied)
+    state = runs.load_resumable(run_dir)
+    if state is not None:
+        _check_against_checkpoint(run_dir, saved, state)
+    return Prepared(resumed, run_dir, state, config_hash(saved), applied=applied)
 
 
 def fit(cfg: DictConfig) -> Path:
@@ -97,26 +201,45 @@ def fit(cfg: DictConfig) -> Path:
     Under torchrun (WORLD_SIZE > 1) this is one rank of a data-parallel job (see distributed.py)."""
     ctx = distributed.setup()
     finished = False
+    held: list[runs.RunLock] = []  # rank 0's lock on the run directory, held until the run ends
     try:
-        run_dir = _fit(cfg, ctx)
+        run_dir = _fit(cfg, ctx, held)
         finished = True
         return run_dir
     finally:
+        for lock in held:
+            lock.release()
         ctx.close(finished)
 
 
-def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
-    cfg, run_dir, state = ctx.on_main(prepare, cfg)  # only rank 0 touches the runs root
-    if state and state.get("finished"):
+def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
+    prep = ctx.on_main(prepare, cfg, held)  # only rank 0 touches the runs root
+    if prep.state and prep.state.get("finished"):
         if ctx.is_main:
-            print(f"run {run_dir} is already {state['finished']}; nothing to do", file=sys.stderr)
-        return run_dir
+            print(f"run {prep.run_dir} is already {prep.state['finished']}; nothing to do", file=sys.stderr)
+        return prep.run_dir
+    try:
+        return _train(prep, ctx)
+    except BaseException as err:
+        # a run that never wrote a checkpoint holds nothing worth keeping (a diverged one keeps its summary)
+        if (ctx.is_main and prep.created and not isinstance(err, TrainingDiverged)
+                and not any((prep.run_dir / name).exists() for name in (runs.LAST, runs.BEST))):
+            shutil.rmtree(prep.run_dir, ignore_errors=True)
+            print(f"note: removed {prep.run_dir}: the run stopped before its first checkpoint", file=sys.stderr)
+        raise
+
+
+def _train(prep: Prepared, ctx: distributed.Context) -> Path:
+    cfg, run_dir, state = prep.cfg, prep.run_dir, prep.state
     t_start = time.time()
     # the code a run started with; with the code it ends with, it decides whether the run is clean
     code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
         torch.set_num_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
+    resumes = list((state or {}).get("resumes") or [])
+    if state is not None:
+        resumes.append(_resume_record(state, prep.applied, device, ctx.is_main))
     _seed_everything(int(cfg.seed), cfg.train.deterministic)
     epochs = effective_epochs(cfg)
 
@@ -166,6 +289,8 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     if ctx.is_main:
         _print_header(cfg, run_dir, splits, model, epochs, device, ctx.world, precision)
         estimate.warn_paper_on_cpu(cfg, model, splits, device, epochs - start_epoch)
+    extra = {"config_hash": prep.config_hash, "resumes": resumes, "num_threads": torch.get_num_threads(),
+             "torch_device": str(device)}
     n_train = train_x.shape[0]
     steps = num_batches(n_train, cfg.train.batch_size)
     sync_every = 1 if device.type == "cpu" else 50
@@ -234,13 +359,14 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
         try:
             if improved:
                 runs.save_checkpoint(run_dir / runs.BEST,
-                                     _state(cfg, splits, model, epoch, best, wall, code_start=code_start))
+                                     _state(cfg, splits, model, epoch, best, wall, code_start=code_start, **extra))
             runs.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler, device, rng,
-                                           code_start=code_start))
-        except OSError as err:  # disk full, quota, I/O error: the files written so far stay as they were
-            raise CheckpointError(
-                f"could not write the checkpoint of epoch {epoch} in {run_dir}: {err.strerror or err}; "
-                f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}") from None
+                                           code_start=code_start, **extra))
+        except (StorageError, OSError) as err:  # disk full, quota, I/O error: the files so far stay as they were
+            why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
+            raise StorageError(
+                f"could not write the checkpoint of epoch {epoch} in {run_dir} ({why}); the last complete checkpoint "
+                f"is kept: free space, then bnnrepro train resume={run_dir}") from None
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
               f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
               f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
@@ -251,6 +377,9 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
     summary["precision"] = precision
     summary["code_version_start"] = code_start
     summary["world_size"] = ctx.world
+    summary["config_hash"] = prep.config_hash
+    if resumes:
+        summary["resumes"] = resumes
     runs.atomic_write_json(run_dir / SUMMARY, summary)
     runs.draw_curves(run_dir)  # a plotting failure warns; the run stays completed
     logger.finish(summary)
@@ -260,8 +389,8 @@ def _fit(cfg: DictConfig, ctx: distributed.Context) -> Path:
 
 
 def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None,
-           rng_ranks=None, code_start=None) -> dict:
-    state = {"epoch": epoch, "best": best, "wall_time_s": wall, "code_version_start": code_start,
+           rng_ranks=None, code_start=None, **extra) -> dict:
+    state = {"epoch": epoch, "best": best, "wall_time_s": wall, "code_version_start": code_start, **extra,
              "config": OmegaConf.to_container(cfg, resolve=True),
              "input_shape": list(splits.input_shape), "num_classes": splits.num_classes,
              "model": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
@@ -273,6 +402,22 @@ def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None
         if rng_ranks is not None:  # distributed: every rank's generators, so a resume is exact
             state["rng"]["ranks"] = rng_ranks
     return state
+
+
+def _resume_record(state: dict, applied: list[str], device, is_main: bool) -> dict:
+    """What this resume changed: the safe overrides applied, and a thread count or device other than
+    the checkpoint's (warned: float sums in another order give other bits from here on)."""
+    record = {"after_epoch": state["epoch"], "time": time.time(), "applied": applied,
+              "num_threads": torch.get_num_threads(), "device": str(device)}
+    for key, now in (("num_threads", torch.get_num_threads()), ("torch_device", str(device))):
+        before = state.get(key)
+        if before is not None and before != now:
+            record.setdefault("changed", []).append(f"{key}: {before} -> {now}")
+            if is_main:
+                print(f"warning: resuming with {key} {now} where the run so far used {before}: the result "
+                      "will not be bit-identical to an uninterrupted run (recorded in summary.json 'resumes')",
+                      file=sys.stderr)
+    return record
 
 
 def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
