@@ -317,3 +317,17 @@ def test_a_multirun_prints_its_aggregate_and_each_run_its_curves_and_csv(mnist_r
     for run in made:
         assert (run / "curves.png").read_bytes().startswith(PNG)
         assert (run / "metrics.csv").read_text().splitlines()[0].startswith("epoch,lr,train_loss")
+
+
+def test_a_group_that_mixes_configs_says_which_keys_differ():
+    """Grouping the committed runs by experiment alone pools MNIST and Fashion-MNIST runs of one
+    Merolla preset: the group says data.name differs; grouped by it too, it does not."""
+    committed = Path(__file__).resolve().parents[1] / "results" / "runs"
+    df = runs.frame([committed])
+    by_experiment = runs.groups(df, ["experiment"]).set_index("experiment")
+    assert "data.name" in by_experiment.loc["merolla_clip", "mixed"]
+    assert by_experiment.loc["bnn_mnist_torch7", "mixed"] == ()
+    line = [t for t in runs.group_lines(runs.groups(df, ["experiment"]), ["experiment"]) if "=merolla_clip " in t]
+    assert "mixes configs: data.name differ" in line[0]
+    split = runs.groups(df, ["experiment", "data.name"]).set_index(["experiment", "data.name"])
+    assert split.loc[("merolla_clip", "mnist"), "mixed"] == ()

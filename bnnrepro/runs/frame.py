@@ -168,7 +168,8 @@ def check_keys(df, keys: Iterable[str]) -> None:
 def groups(df, by: Iterable[str], metric: str = "test_error"):
     """Per group of ``by`` values (sorted): ``n`` completed runs with a finite ``metric``, its
     ``mean`` and sample ``std`` (NaN for n = 1), ``seeds`` and ``ids`` of those runs, and
-    ``others``, how many of the group's runs are not completed."""
+    ``others``, how many of the group's runs are not completed, and ``mixed``, the config keys
+    that change a result and still differ among them (a mean over those is not one config's)."""
     import pandas as pd
 
     by = list(by)
@@ -184,10 +185,11 @@ def groups(df, by: Iterable[str], metric: str = "test_error"):
         values = [float(r[metric]) for r in good]
         mean = sum(values) / len(values) if values else math.nan
         std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+        mixed = tuple(k for k in sweep_keys(df.loc[[r.name for r in good]]) if k not in by) if good else ()
         out.append({**dict(zip(by, key)), "n": len(values), "mean": mean, "std": std,
                     "seeds": tuple(sorted(int(r["seed"]) for r in good)), "ids": tuple(r["id"] for r in good),
-                    "others": len(rows) - len(good)})
-    return pd.DataFrame(out, columns=by + ["n", "mean", "std", "seeds", "ids", "others"])
+                    "others": len(rows) - len(good), "mixed": mixed})
+    return pd.DataFrame(out, columns=by + ["n", "mean", "std", "seeds", "ids", "others", "mixed"])
 
 
 def format_duration(seconds: float | None) -> str:
@@ -214,7 +216,10 @@ def group_lines(table, by: list[str], metric: str = "test_error") -> list[str]:
             value = f"{g['mean']:.2f} ± {g['std']:.2f}{unit}"
         others = f"  (+{g['others']} not completed)" if g["others"] else ""
         seeds = ",".join(map(str, g["seeds"])) or "-"
-        lines.append(f"{label}  n={g['n']}  {metric} {value}  seeds {seeds}{others}")
+        mixed = g.get("mixed") or ()
+        warn = (f"  [mixes configs: {', '.join(mixed[:4])}{', ...' if len(mixed) > 4 else ''} differ; "
+                "add them to --group-by]" if mixed else "")
+        lines.append(f"{label}  n={g['n']}  {metric} {value}  seeds {seeds}{others}{warn}")
     return lines
 
 
@@ -226,6 +231,8 @@ def group_label(row, by: list[str]) -> str:
 def _text(value) -> str:
     if isinstance(value, float) and math.isnan(value):
         return "-"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # an int column that pandas made float (a run without the key)
     if isinstance(value, tuple):
         return "[" + ",".join(map(str, value)) + "]"
     return str(value)
