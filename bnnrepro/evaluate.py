@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 import time
-from .errors import USER_ERRORS, ConfigError
+from pathlib import Path
+
+from .errors import USER_ERRORS, CheckpointError, ConfigError
 
 
 def parse(argv: list[str]) -> tuple[str, dict]:
@@ -34,6 +36,7 @@ def run(target: str, opts: dict | None = None) -> dict:
     from .train import load_model
 
     opts = {**DEFAULTS, **(opts or {})}
+    _refuse_artifact(target)
     model, cfg = load_model(target, which=opts["which"])
     root = opts["data.root"] or cfg.data.root
     splits = datasets.load(cfg.data.name, root, download=cfg.data.download, val_size=cfg.data.val_size,
@@ -50,6 +53,17 @@ def run(target: str, opts: dict | None = None) -> dict:
         error = evaluate(model, x, y, splits.preprocess, opts["batch_size"])["error"]
     return {"error": error, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0, **opts,
             "dataset": cfg.data.name}
+
+
+def _refuse_artifact(target: str) -> None:
+    """A ``.bnn`` holds no config (no dataset, no split), so eval cannot run it; say what can."""
+    if Path(target).is_file():
+        from .kernels.artifact import is_artifact
+
+        if is_artifact(target):
+            raise CheckpointError(f"eval: {target} is a packed artifact (.bnn), not a run directory or checkpoint; "
+                                  f"compare it with the run it was packed from: bnnrepro compare <run> "
+                                  f"--artifact {target} (or evaluate the run: bnnrepro eval <run> --engine packed)")
 
 
 def main(argv: list[str]) -> int:

@@ -3,23 +3,62 @@
 Nothing in it can execute code: it is read with ``np.load(..., allow_pickle=False)`` and the
 header is JSON. Weights are stored packed (1 bit each, natural ``[N, Kw]`` / ``[O, kh, kw, Cw]``
 layouts; panels are rebuilt at load time), thresholds as int64, flip flags as packed bits.
+
+Version 2 adds ``sha256``, a content hash over the canonical header and every array, so a file
+modified or damaged after it was written is refused. :func:`load` validates the header field by
+field and every array against the shapes the header implies before anything is built; any
+problem is a :class:`PackError` naming the file and the field.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
+import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..errors import PackError
 from ..runs import atomic_write_bytes
 from . import conv as convk
-from . import fold
+from . import fold, tiles
+from .bitpack import words
 from .engine import Layer, PackedModel
 from .gemm import DenseWeights
 
 FORMAT = "bnnrepro-packed"
-VERSION = 1
+VERSION = 2
+VERSIONS = (1, 2)  # version 1: the same layout without the content hash
+
+
+def is_artifact(path: str | os.PathLike) -> bool:
+    """A ``.bnn`` file, or any zip holding a ``header.npy`` member (detected by content)."""
+    path = Path(path)
+    if not path.is_file():
+        return False
+    if path.suffix == ".bnn":
+        return True
+    try:
+        with zipfile.ZipFile(path) as z:
+            return "header.npy" in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def content_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
+    """sha256 over the canonical header JSON (without ``sha256``) and every array but ``header``
+    (name, dtype, shape, bytes; sorted by name)."""
+    h = hashlib.sha256()
+    body = {k: v for k, v in header.items() if k != "sha256"}
+    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n")
+    for name in sorted(k for k in arrays if k != "header"):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\n")
+        h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def save(model: PackedModel, path: str | os.PathLike) -> Path:
@@ -51,19 +90,282 @@ def save(model: PackedModel, path: str | os.PathLike) -> Path:
     header = {"format": FORMAT, "version": VERSION, "input_shape": list(model.input_shape),
               "input": "uint8, x = p * 2/255 - 1 (data.scale_pm1)", "bit_encoding": "bit 1 = -1, x >= 0 -> +1",
               "layers": layers, "meta": model.meta}
+    header["sha256"] = content_hash(json.loads(json.dumps(header)), arrays)  # hash what load will read
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
     return path
 
 
 def load(path: str | os.PathLike) -> PackedModel:
-    with np.load(path, allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    if "header" not in arrays:
-        raise ValueError(f"{path}: not a bnnrepro packed model (no header)")
-    header = json.loads(arrays["header"].tobytes().decode())
-    if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise ValueError(f"{path}: unsupported packed format {header.get('format')!r} v{header.get('version')}")
+    path = Path(path)
+    try:
+        arrays = _read_arrays(path)
+        header = _read_header(arrays.pop("header", None))
+        _check_version(header)
+        if header["version"] >= 2:
+            _check_hash(header, arrays)
+        _check_arrays(arrays, _check_header(header))
+    except PackError as err:
+        raise PackError(f"{path}: {err}") from None
+    model = _build(header, arrays)
+    if header["version"] == 1:
+        print(f"bnnrepro: warning: {path}: packed format version 1 carries no content hash (damage or edits "
+              f"cannot be detected); pack it again to add one", file=sys.stderr)
+    return model
+
+
+# ---------------------------------------------------------------- reading and the content hash
+
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    if not path.is_file():
+        raise PackError("no such file")
+    if not zipfile.is_zipfile(path):
+        raise PackError("not a bnnrepro packed model (not an npz/zip file: truncated, or another format)")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except Exception as err:  # zipfile (bad CRC, truncated member), zlib or .npy format errors alike
+        raise PackError(f"unreadable npz ({type(err).__name__}: {err}); the file was modified or damaged "
+                        f"after it was written, or is not a bnnrepro packed model") from None
+    for name, a in arrays.items():
+        if not isinstance(a, np.ndarray):  # np.load returns a non-.npy member as raw bytes
+            raise PackError(f"member {name!r} is not an array")
+    return arrays
+
+
+def _read_header(a) -> dict:
+    if a is None:
+        raise PackError("not a bnnrepro packed model (no header)")
+    if a.dtype != np.uint8 or a.ndim != 1:
+        raise PackError(f"header: expected a 1-D uint8 array, got {a.dtype} {a.shape}")
+    try:
+        header = json.loads(a.tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise PackError(f"header: invalid JSON ({err})") from None
+    if not isinstance(header, dict):
+        raise PackError(f"header: expected a JSON object, got {type(header).__name__}")
+    return header
+
+
+def _check_version(header: dict) -> None:
+    if header.get("format") != FORMAT:
+        raise PackError(f"format: expected {FORMAT!r}, got {header.get('format')!r}")
+    v = header.get("version")
+    if not _is_int(v) or v not in VERSIONS:
+        raise PackError(f"version: unsupported packed format version {v!r} (this bnnrepro reads {VERSIONS})")
+
+
+def _check_hash(header: dict, arrays: dict) -> None:
+    stored = header.get("sha256")
+    if not isinstance(stored, str):
+        raise PackError(f"sha256: expected the content hash (a string), got {stored!r}")
+    if stored != content_hash(header, arrays):
+        raise PackError("sha256: content hash mismatch: the file was modified or damaged after it was written")
+
+
+# ---------------------------------------------------------------- the header, field by field
+
+KINDS = ("dense", "conv")
+LAYER_KEYS = {"name", "kind", "input", "out_channels", "in_shape", "out_shape", "pool_pre", "pool_post", "names",
+              "sign_name", "variant", "k"}
+CONV_KEYS = {"c", "stride", "pad"}
+HEADER_KEYS = {"format", "version", "input_shape", "input", "bit_encoding", "layers", "meta"}
+# the affine arrays Affine.__call__ cannot run without
+AFFINE_REQUIRED = {"none": (), "batchnorm": ("mean", "var"), "scale_shift": ("scale", "shift")}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _int(v, where: str, lo: int = 1) -> int:
+    if not _is_int(v) or v < lo:
+        raise PackError(f"{where}: expected {'a positive int' if lo == 1 else f'an int >= {lo}'}, got {v!r}")
+    return v
+
+
+def _shape(v, where: str, ndim: int | None = None) -> tuple:
+    if (not isinstance(v, list) or not v or not all(_is_int(x) and x > 0 for x in v)
+            or (ndim is not None and len(v) != ndim)):
+        n = f"{ndim} " if ndim else ""
+        raise PackError(f"{where}: expected a list of {n}positive ints, got {v!r}")
+    return tuple(v)
+
+
+def _str(v, where: str, none: bool = False) -> None:
+    if not (isinstance(v, str) or (none and v is None)):
+        raise PackError(f"{where}: expected a string{' or null' if none else ''}, got {v!r}")
+
+
+def _keys(d, where: str, want: set) -> None:
+    if not isinstance(d, dict):
+        raise PackError(f"{where}: expected an object, got {d!r}")
+    if want - d.keys():
+        raise PackError(f"{where}: missing key {sorted(want - d.keys())[0]!r}")
+    if d.keys() - want:
+        raise PackError(f"{where}: unexpected key {sorted(d.keys() - want)[0]!r}")
+
+
+def _pool(v, where: str, n: int) -> tuple | None:
+    """``pool_pre`` ``[k, stride, pad]`` or ``pool_post`` ``[k, stride]``, or null."""
+    if v is None:
+        return None
+    if not isinstance(v, list) or len(v) != n or not all(_is_int(x) for x in v) or min(v[:2]) < 1 or min(v) < 0:
+        fields = "[k, stride, pad]" if n == 3 else "[k, stride]"
+        raise PackError(f"{where}: expected null or {fields} (k, stride positive, pad >= 0), got {v!r}")
+    return tuple(v)
+
+
+def _check_header(header: dict) -> dict[str, tuple]:
+    """Validate the header; returns ``{array name: (dtype, shape)}`` of every array it implies."""
+    _keys(header, "header", HEADER_KEYS | ({"sha256"} if header["version"] >= 2 else set()))
+    _str(header["input"], "input")
+    _str(header["bit_encoding"], "bit_encoding")
+    if not isinstance(header["meta"], dict):
+        raise PackError(f"meta: expected an object, got {header['meta']!r}")
+    input_shape = _shape(header["input_shape"], "input_shape")
+    layers = header["layers"]
+    if not isinstance(layers, list) or len(layers) < 2:
+        raise PackError("layers: expected a list of at least 2 layers (hidden layers, then the output layer)")
+    expected: dict[str, tuple] = {}
+    prev = None
+    for i, d in enumerate(layers):
+        expected.update(_check_layer(i, d, prev, input_shape, last=i == len(layers) - 1))
+        prev = d
+    return expected
+
+
+def _check_layer(i: int, d, prev: dict | None, input_shape: tuple, last: bool) -> dict[str, tuple]:
+    where = f"layers[{i}]"
+    if not isinstance(d, dict):
+        raise PackError(f"{where}: expected an object, got {d!r}")
+    if d.get("kind") not in KINDS:
+        raise PackError(f"{where}.kind: expected one of {list(KINDS)}, got {d.get('kind')!r}")
+    conv = d["kind"] == "conv"
+    _keys(d, where, LAYER_KEYS | (CONV_KEYS if conv else set()) | ({"affine"} if last else set()))
+    _str(d["name"], f"{where}.name")
+    if not isinstance(d["names"], list) or not all(isinstance(n, str) for n in d["names"]):
+        raise PackError(f"{where}.names: expected a list of strings, got {d['names']!r}")
+    # the engine feeds uint8 bit-planes to the first layer only, binary activations to the others
+    first = prev is None
+    if d["input"] != ("planes" if first else "bits"):
+        raise PackError(f"{where}.input: expected {'planes' if first else 'bits'!r}, got {d['input']!r}")
+    variant = tiles.PLANES if first else tiles.ROWS
+    if not _is_int(d["variant"]) or d["variant"] != variant:
+        raise PackError(f"{where}.variant: expected {variant} for a layer on {d['input']}, got {d['variant']!r}")
+    if last:  # the output layer: integer logits through the float tail, no sign
+        if conv:
+            raise PackError(f"{where}.kind: the output layer must be dense, got 'conv'")
+        if d["sign_name"] is not None:
+            raise PackError(f"{where}.sign_name: expected null for the output layer, got {d['sign_name']!r}")
+    else:
+        _str(d["sign_name"], f"{where}.sign_name")
+    o = _int(d["out_channels"], f"{where}.out_channels")
+    k = _int(d["k"], f"{where}.k")
+    in_shape = _shape(d["in_shape"], f"{where}.in_shape", 3 if conv else 1)
+    out_shape = _shape(d["out_shape"], f"{where}.out_shape", 3 if conv else 1)
+    if out_shape[0] != o:
+        raise PackError(f"{where}.out_channels: {o} does not match out_shape {list(out_shape)}")
+    _check_input_shape(where, d, prev, input_shape)
+    p = f"l{i}."
+    if conv:
+        arrays, want_out = _check_conv(where, p, d, o, k, in_shape)
+    else:
+        arrays, want_out = _check_dense(where, p, d, o, k, in_shape, prev)
+    if out_shape != want_out:
+        raise PackError(f"{where}.out_shape: expected {list(want_out)} (from in_shape, kernel, stride, pad and "
+                        f"pooling), got {list(out_shape)}")
+    if last:
+        arrays.update(_check_affine(f"{where}.affine", p, d["affine"], o))
+    else:
+        arrays.update({p + "t": (np.int64, (o,)), p + "flip": (np.uint8, (-(-o // 8),))})
+    return arrays
+
+
+def _check_input_shape(where: str, d: dict, prev: dict | None, input_shape: tuple) -> None:
+    """Layer ``i``'s ``in_shape`` is what layer ``i-1`` (or the model input) produces."""
+    src, name = (input_shape, "input_shape") if prev is None else (tuple(prev["out_shape"]), "the previous out_shape")
+    if d["kind"] == "conv":
+        if prev is not None and prev["kind"] != "conv":
+            raise PackError(f"{where}.kind: a convolution cannot follow a dense layer")
+        want = src
+    else:
+        want = (math.prod(src),)  # dense layers flatten their input
+    if tuple(d["in_shape"]) != want:
+        raise PackError(f"{where}.in_shape: {d['in_shape']} does not match {name} {list(src)} "
+                        f"(expected {list(want)})")
+
+
+def _check_dense(where: str, p: str, d: dict, o: int, k: int, in_shape: tuple, prev: dict | None):
+    if d["pool_pre"] is not None or d["pool_post"] is not None:
+        raise PackError(f"{where}: a dense layer cannot pool (pool_pre/pool_post must be null)")
+    if k != in_shape[0]:
+        raise PackError(f"{where}.k: {k} does not match in_shape {list(in_shape)}")
+    if prev is not None and prev["kind"] == "conv":  # weights permuted to the NHWC words of the conv output
+        c, h, w = prev["out_shape"]
+        kw = h * w * words(c)
+    else:
+        kw = words(k)
+    return {p + "bits": (np.uint64, (o, kw))}, (o,)
+
+
+def _check_conv(where: str, p: str, d: dict, o: int, k: int, in_shape: tuple):
+    c = _int(d["c"], f"{where}.c")
+    stride = _int(d["stride"], f"{where}.stride")
+    pad = _int(d["pad"], f"{where}.pad", lo=0)
+    pool_pre = _pool(d["pool_pre"], f"{where}.pool_pre", 3)
+    pool_post = _pool(d["pool_post"], f"{where}.pool_post", 2)
+    if c != in_shape[0]:
+        raise PackError(f"{where}.c: {c} does not match in_shape {list(in_shape)}")
+    kh = math.isqrt(k // c)
+    if kh * kh * c != k:  # k = kh * kw * c with a square kernel
+        raise PackError(f"{where}.k: {k} is not kh * kh * c for c={c}")
+    h, w = (convk.out_size(x, kh, stride, pad) for x in in_shape[1:])
+    if pool_pre is not None:
+        h, w = ((x + 2 * pool_pre[2] - pool_pre[0]) // pool_pre[1] + 1 for x in (h, w))
+    if pool_post is not None:
+        h, w = ((x - pool_post[0]) // pool_post[1] + 1 for x in (h, w))
+    if h < 1 or w < 1:
+        raise PackError(f"{where}: the output of in_shape {list(in_shape)} after kernel {kh}, stride {stride}, "
+                        f"pad {pad} and pooling is empty")
+    arrays = {p + "bits": (np.uint64, (o, kh, kh, words(c))), p + "tap_sums": (np.int32, (o, kh, kh))}
+    return arrays, (o, h, w)
+
+
+def _check_affine(where: str, p: str, a, o: int) -> dict[str, tuple]:
+    _keys(a, where, {"kind", "eps", "present"})
+    if a["kind"] not in fold.Affine.ARRAYS:
+        raise PackError(f"{where}.kind: expected one of {list(fold.Affine.ARRAYS)}, got {a['kind']!r}")
+    eps = a["eps"]
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise PackError(f"{where}.eps: expected a finite number >= 0, got {eps!r}")
+    allowed = fold.Affine.ARRAYS[a["kind"]] + ("pre_bias",)
+    present = a["present"]
+    if not isinstance(present, list) or not all(x in allowed for x in present) or len(set(present)) != len(present):
+        raise PackError(f"{where}.present: expected distinct names among {list(allowed)}, got {present!r}")
+    for key in AFFINE_REQUIRED[a["kind"]]:
+        if key not in present:
+            raise PackError(f"{where}.present: {a['kind']!r} needs {key!r}")
+    return {p + "affine." + key: (np.float32, (o,)) for key in present}
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple]) -> None:
+    extra = sorted(arrays.keys() - expected.keys())
+    if extra:
+        raise PackError(f"unexpected array {extra[0]!r}")
+    for name, (dtype, shape) in expected.items():
+        layer = f"layers[{name[1:name.index('.')]}]"
+        if name not in arrays:
+            raise PackError(f"{layer}: missing array {name!r}")
+        a = arrays[name]
+        if a.dtype != dtype or a.shape != shape:
+            raise PackError(f"{layer}: array {name!r}: expected {np.dtype(dtype)} of shape {shape}, "
+                            f"got {a.dtype} of shape {a.shape}")
+
+
+# ---------------------------------------------------------------- building the model (validated input)
+
+def _build(header: dict, arrays: dict[str, np.ndarray]) -> PackedModel:
     layers = []
     for i, d in enumerate(header["layers"]):
         p = f"l{i}."

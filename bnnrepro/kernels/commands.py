@@ -23,15 +23,6 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return USER_ERRORS + (OSError,)
 
 
-def _is_artifact(path: Path) -> bool:
-    import zipfile
-
-    if not path.is_file() or not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return "header.npy" in z.namelist()
-
-
 def load_torch(source: str, which: str = "best"):
     """``(model, cfg, input_shape)`` of a run directory or checkpoint (eval mode, weights_only)."""
     from ..train import load_trained
@@ -59,7 +50,7 @@ def to_packed(source, *, input_shape=None, which: str = "best") -> PackedModel:
             raise ValueError("packing an nn.Module needs input_shape (one sample's uint8 shape)")
         return PackedModel.from_torch(source, tuple(input_shape))
     path = Path(source)
-    if _is_artifact(path):
+    if artifact.is_artifact(path):
         return artifact.load(path)
     model, cfg, shape = load_torch(str(path), which)
     check_preprocessing(cfg)
