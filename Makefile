@@ -45,7 +45,7 @@ test-all: setup
 	$(BIN)/python -m pytest -q -m ''
 
 FAULT_TESTS := tests/test_faults.py tests/test_bad_inputs.py tests/test_hostile.py tests/test_run_lock.py \
-	tests/test_disk_full.py \
+	tests/test_disk_full.py tests/test_artifact_integrity.py \
 	tests/test_train.py::test_truncated_last_checkpoint_falls_back_to_previous \
 	tests/test_train.py::test_nan_loss_stops_naming_epoch_and_step
 test-faults: setup
