@@ -88,6 +88,10 @@ class TrainConfig:
     precision: str = "fp32"             # auto | fp32 | bf16
     channels_last: bool = False         # NHWC memory format for conv models (faster convs on GPUs)
     compile: bool = False               # torch.compile the training forward (inductor needs a C++ compiler)
+    # start from a trained run's weights (DoReFa's "initialized from 32-bit" rows): a run directory
+    # (its best.pt, else last.pt) or a checkpoint file; every parameter and buffer (BatchNorm's
+    # statistics too) must match this model's by name and shape; the optimizer starts fresh
+    init_from: Optional[str] = None
 
 
 @dataclass
@@ -234,6 +238,7 @@ def validate(cfg: DictConfig) -> None:
         if width <= 0:
             raise ConfigError(f"model widths must be positive, got {width}")
     _check_data_sizes(cfg)
+    _check_init_from(cfg)
     _check_model_kwargs(cfg)
     _check_model_builds(cfg)
     if cfg.run_name is not None and (not str(cfg.run_name).strip() or "/" in str(cfg.run_name)
@@ -272,6 +277,25 @@ def _check_optimizer(cfg) -> None:
         raise ConfigError(f"optim.momentum={cfg.optim.momentum!r} must be in [0, 1)")
     if not _number(cfg.optim.weight_decay) or cfg.optim.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay!r} must be a finite number >= 0")
+
+
+def _check_init_from(cfg) -> None:
+    """``train.init_from`` names a run directory with a checkpoint, or a checkpoint file (whether its
+    layers fit the model is checked when it is loaded). A resumed run does not read it again."""
+    from pathlib import Path
+
+    from . import runs
+    from .errors import CheckpointError
+
+    source = cfg.train.get("init_from")
+    if source is None or cfg.get("resume") is not None:
+        return
+    if not str(source).strip():
+        raise ConfigError("train.init_from is empty: give a run directory or checkpoint file, or leave it null")
+    try:
+        runs.resolve_checkpoint(Path(str(source)).expanduser(), "best")
+    except CheckpointError as err:
+        raise ConfigError(f"train.init_from={source!r}: {err}") from None
 
 
 def _check_data_sizes(cfg) -> None:

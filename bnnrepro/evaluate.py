@@ -1,5 +1,6 @@
 """``bnnrepro eval <run dir|checkpoint> [--engine torch|packed] [--split test|val|train] [--which best|last]
-[data.root=DIR] [train.eval_batch_size=N]``: the error of a trained model on a split, with torch or packed."""
+[data.root=DIR] [train.eval_batch_size=N]``: the top-1 (and top-5) error of a trained model on a split,
+with torch or packed."""
 from __future__ import annotations
 
 import sys
@@ -26,13 +27,14 @@ DEFAULTS = {"engine": "torch", "split": "test", "which": "best", "data.root": No
 
 
 def run(target: str, opts: dict | None = None) -> dict:
-    """The error (%) of the trained model of ``target`` (a run directory or checkpoint) on a split:
-    ``{"error", "n", "seconds", "dataset", **opts}``. ``opts`` override :data:`DEFAULTS` (engine
+    """The top-1 and top-5 error (%) of the trained model of ``target`` (a run directory or checkpoint)
+    on a split: ``{"error", "top5_error", "n", "seconds", "dataset", **opts}``; ``top5_error`` is None
+    for a model with fewer than 5 outputs. ``opts`` override :data:`DEFAULTS` (engine
     torch|packed, split test|val|train, which best|last, data.root, batch_size)."""
     import torch
 
     from . import data as datasets
-    from .train.batches import evaluate
+    from .train.batches import TOP_K, evaluate, top5_wrong
     from .train import load_model
 
     opts = {**DEFAULTS, **(opts or {})}
@@ -47,12 +49,15 @@ def run(target: str, opts: dict | None = None) -> dict:
     if opts["engine"] == "packed":
         from .kernels.commands import predict_packed
 
-        pred = torch.as_tensor(predict_packed(model, x, preprocessing=cfg.data.preprocessing)).reshape(-1)
-        error = 100.0 * float((pred != y).float().mean())
+        logits = torch.as_tensor(predict_packed(model, x, return_logits=True,
+                                                preprocessing=cfg.data.preprocessing)).reshape(x.shape[0], -1)
+        error = 100.0 * float((logits.argmax(1) != y).float().mean())
+        top5 = 100.0 * float(top5_wrong(logits, y).float().mean()) if logits.shape[1] >= TOP_K else None
     else:
-        error = evaluate(model, x, y, splits.preprocess, opts["batch_size"])["error"]
-    return {"error": error, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0, **opts,
-            "dataset": cfg.data.name}
+        result = evaluate(model, x, y, splits.preprocess, opts["batch_size"])
+        error, top5 = result["error"], result["top5_error"]
+    return {"error": error, "top5_error": top5, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0,
+            **opts, "dataset": cfg.data.name}
 
 
 def _refuse_artifact(target: str) -> None:
@@ -73,6 +78,7 @@ def main(argv: list[str]) -> int:
     except USER_ERRORS as err:
         print(f"bnnrepro: error: {err}", file=sys.stderr)
         return 2
-    print(f"{result['dataset']} {result['split']} error {result['error']:.2f}% on {result['n']} images "
+    top5 = "" if result["top5_error"] is None else f" (top-5 {result['top5_error']:.2f}%)"
+    print(f"{result['dataset']} {result['split']} error {result['error']:.2f}%{top5} on {result['n']} images "
           f"({result['engine']} engine, {result['seconds']:.2f} s)")
     return 0

@@ -106,6 +106,7 @@ def test_two_processes_follow_one_process_and_only_rank0_writes(mnist_root, runs
         assert rb["val_loss"] == pytest.approx(ra["val_loss"], rel=1e-4)
         assert rb["test_loss"] == pytest.approx(ra["test_loss"], rel=1e-4)
         assert abs(rb["val_error"] - ra["val_error"]) <= 0.2 and abs(rb["test_error"] - ra["test_error"]) <= 0.05
+        assert abs(rb["test_top5_error"] - ra["test_top5_error"]) <= 0.05  # summed over ranks as top-1
         assert rb["lr"] == ra["lr"]
     ma, mb = (run_files.load_checkpoint(r / "last.pt")["model"] for r in (one, two))
     assert ma.keys() == mb.keys()  # no DDP "module." prefix, BatchNorm keys unchanged

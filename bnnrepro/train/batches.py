@@ -31,18 +31,32 @@ def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:
     return n // batch_size if drop_last else -(-n // batch_size)
 
 
+TOP_K = 5
+
+
+def top5_wrong(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per example: whether the true class is outside the top 5, i.e. 5 classes score strictly higher.
+    Ties count for the true class (unlike ``topk``'s arbitrary pick among equal logits), so an
+    example right at top-1 (``argmax``) is right at top-5 too, and top-5 error <= top-1 error."""
+    return (logits > logits.gather(1, y.long()[:, None])).sum(1) >= TOP_K
+
+
 @torch.no_grad()
 def evaluate(model, x, y, preprocess, batch_size: int, loss_fn=None, device="cpu") -> dict:
-    """Error (percent) and mean loss of ``model`` in eval mode over a whole split."""
+    """Top-1 error, top-5 error (percent; None for a model with fewer than 5 outputs) and mean loss
+    of ``model`` in eval mode over a whole split (an empty split: NaN)."""
     if x.shape[0] == 0:
-        return {"error": float("nan"), "loss": float("nan")}
+        return {"error": float("nan"), "top5_error": float("nan"), "loss": float("nan")}
     was_training = model.training
     model.eval()
     wrong, loss_sum = 0, 0.0
+    wrong5 = torch.zeros((), dtype=torch.int64, device=device)  # read once at the end: no sync per batch
     for xb, yb in batches(x, y, batch_size, preprocess, device=device):
         out = model(xb)
         wrong += int((out.argmax(1) != yb).sum())
+        wrong5 += top5_wrong(out, yb).sum()
         if loss_fn is not None:
             loss_sum += float(loss_fn(out, yb)) * yb.shape[0]
     model.train(was_training)
-    return {"error": 100.0 * wrong / x.shape[0], "loss": loss_sum / x.shape[0]}
+    top5 = 100.0 * int(wrong5) / x.shape[0] if out.shape[1] >= TOP_K else None
+    return {"error": 100.0 * wrong / x.shape[0], "top5_error": top5, "loss": loss_sum / x.shape[0]}

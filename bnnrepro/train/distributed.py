@@ -33,6 +33,7 @@ a resume with the same number of processes is exact.
 from __future__ import annotations
 
 import gc
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -223,21 +224,26 @@ class Context:
                 dist.broadcast(buf, src=0)
 
     def evaluate(self, model, x, y, preprocess, batch_size: int, loss_fn=None, device="cpu") -> dict:
-        """Error (percent) and mean loss over a whole split, each rank evaluating a contiguous part."""
+        """Top-1 and top-5 error (percent) and mean loss over a whole split, as :func:`batches.evaluate`,
+        each rank evaluating a contiguous part."""
         if not self.active:
             return _evaluate(model, x, y, preprocess, batch_size, loss_fn, device)
         n = x.shape[0]
         if n == 0:
-            return {"error": float("nan"), "loss": float("nan")}
+            return {"error": float("nan"), "top5_error": float("nan"), "loss": float("nan")}
         bounds = torch.arange(n).tensor_split(self.world)[self.rank]
         lo, hi = (int(bounds[0]), int(bounds[-1]) + 1) if len(bounds) else (0, 0)
-        totals = torch.zeros(2, dtype=torch.float64)
+        totals = torch.zeros(3, dtype=torch.float64)
         if hi > lo:
             part = _evaluate(model, x[lo:hi], y[lo:hi], preprocess, batch_size, loss_fn, device)
             totals[0] = round(part["error"] * (hi - lo) / 100.0)
             totals[1] = part["loss"] * (hi - lo)
+            # no top-5 (fewer than 5 outputs): NaN, which the sum carries to every rank
+            top5 = part["top5_error"]
+            totals[2] = math.nan if top5 is None else round(top5 * (hi - lo) / 100.0)
         dist.all_reduce(totals)
-        return {"error": 100.0 * float(totals[0]) / n, "loss": float(totals[1]) / n}
+        top5 = None if math.isnan(float(totals[2])) else 100.0 * float(totals[2]) / n
+        return {"error": 100.0 * float(totals[0]) / n, "top5_error": top5, "loss": float(totals[1]) / n}
 
     # --- checkpoints ---------------------------------------------------------------------------------
     def rng_states(self, device: torch.device) -> list | None:

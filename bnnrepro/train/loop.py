@@ -25,7 +25,8 @@ from ..nn import precision as matmul_precision
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
 from . import distributed, estimate
-from .batches import epoch_order, num_batches
+from .batches import TOP_K, epoch_order, num_batches
+from .checkpoint import init_weights
 from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
 
@@ -248,6 +249,10 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
                            train_subset=effective_train_subset(cfg), use_extra=cfg.data.use_extra,
                            image_size=cfg.data.image_size)
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
+    # a resumed run continues from its own checkpoint; its source's record is in that checkpoint
+    init = (state or {}).get("init_from")
+    if state is None and cfg.train.get("init_from") is not None:
+        init = init_weights(model, cfg.train.init_from)
     precision = matmul_precision.configure(model, cfg.train.get("precision", "fp32"), device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -291,6 +296,9 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
         estimate.warn_paper_on_cpu(cfg, model, splits, device, epochs - start_epoch)
     extra = {"config_hash": prep.config_hash, "resumes": resumes, "num_threads": torch.get_num_threads(),
              "torch_device": str(device)}
+    if init is not None:
+        extra["init_from"] = init
+    top5 = splits.num_classes >= TOP_K
     n_train = train_x.shape[0]
     steps = num_batches(n_train, cfg.train.batch_size)
     sync_every = 1 if device.type == "cpu" else 50
@@ -343,12 +351,15 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
         # (ties go to the later epoch, as in the Theano code's `<=`); no validation set: last epoch.
         improved = not (val["error"] > best["val_error"])
         if improved:
-            best = {"val_error": val["error"], "test_error": test["error"], "epoch": epoch}
+            best = {"val_error": val["error"], "test_error": test["error"], "test_top5_error": test["top5_error"],
+                    "epoch": epoch}
         row = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / seen, "val_error": val["error"],
                "val_loss": val["loss"], "test_error": test["error"], "test_loss": test["loss"],
                "best_val_error": best["val_error"], "best_test_error": best["test_error"],
                "epoch_time_s": time.time() - t0, "train_time_s": train_time,
                "images_per_s": seen / train_time}
+        if top5:
+            row.update(val_top5_error=val["top5_error"], test_top5_error=test["top5_error"])
         history.append(row)
         rng = ctx.rng_states(device)  # a collective: every rank, before rank 0 writes
         if not ctx.is_main:
@@ -378,6 +389,8 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     summary["code_version_start"] = code_start
     summary["world_size"] = ctx.world
     summary["config_hash"] = prep.config_hash
+    if init is not None:
+        summary["init_from"] = init
     if resumes:
         summary["resumes"] = resumes
     runs.atomic_write_json(run_dir / SUMMARY, summary)
@@ -422,10 +435,13 @@ def _resume_record(state: dict, applied: list[str], device, is_main: bool) -> di
 
 def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
     last = history[-1]
+    # top-5 at the best-validation epoch, as test_error (a checkpoint from before top-5 has none)
+    top5 = ({"test_top5_error": best.get("test_top5_error"), "final_test_top5_error": last.get("test_top5_error")}
+            if splits.num_classes >= TOP_K else {})
     return {
         "status": "completed",
         "test_error": best["test_error"], "best_val_error": best["val_error"], "best_epoch": best["epoch"],
-        "final_test_error": last["test_error"], "final_val_error": last["val_error"],
+        "final_test_error": last["test_error"], "final_val_error": last["val_error"], **top5,
         "epochs_done": last["epoch"], "epochs": epochs, "wall_time_s": wall,
         "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
         "images_per_s": float(np.mean([r["images_per_s"] for r in history])),
