@@ -85,7 +85,7 @@ def acquire(run_dir: str | os.PathLike, purpose: str = "train") -> RunLock:
               "(killed?); taking the lock over", file=sys.stderr)
     argv = getattr(sys, "orig_argv", None) or sys.argv
     record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
-              "command": " ".join([Path(argv[0]).name, *argv[1:]])[:500], "purpose": purpose}
+              "command": " ".join(" ".join([Path(argv[0]).name, *argv[1:]]).split())[:500], "purpose": purpose}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)
     return RunLock(run_dir, fd)
