@@ -154,7 +154,7 @@ def test_resume_refuses_overrides_that_change_the_computation(run, override, rec
     record_property("bad_inputs", 1)
     before = _snapshot(run)
     out = _cli("train", f"resume={run}", override)
-    _refused(out, "would change what it computes", override.lstrip("+"))
+    _refused(out, "would change what it computes", override)
     assert _snapshot(run) == before
 
 
@@ -185,7 +185,8 @@ def _edit_config(run: Path, edit) -> None:
     (lambda t: t + "# " + "x" * (1 << 20) + "\n", "over the"),
     (lambda t: "- a list\n", "not a mapping"),
     (lambda t: "seed: [unclosed\n", "not valid YAML"),
-], ids=["seed", "lr", "unknown-key", "interpolation", "alias-bomb", "huge", "list", "invalid"])
+    (lambda t: "a: " + "[" * 5000 + "\n", "nested too deeply"),
+], ids=["seed", "lr", "unknown-key", "interpolation", "alias-bomb", "huge", "list", "invalid", "deep"])
 def test_resume_refuses_an_edited_or_hostile_config(run, edit, phrase, record_property):
     record_property("bad_inputs", 1)
     _edit_config(run, edit)
@@ -229,3 +230,31 @@ def test_an_error_before_the_first_checkpoint_removes_the_new_run(runs_dir, mnis
     with pytest.raises(ValueError, match="model factory refused"):
         fit(compose(TINY + [f"data.root={mnist_root}", "run_name=gone"]))
     assert not (runs_dir / "gone").exists()
+
+
+def test_a_readers_momentary_check_does_not_refuse_a_writer(run):
+    """`bnnrepro runs` (runs.lock_holder) takes a shared lock for an instant: a writer starting in
+    that instant waits for it instead of refusing."""
+    import fcntl
+    import threading
+
+    fd = os.open(run / runs.LOCK, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    threading.Timer(0.3, lambda: (fcntl.flock(fd, fcntl.LOCK_UN), os.close(fd))).start()
+    with runs.lock_run(run):
+        assert runs.lock_holder(run)["pid"] == os.getpid()
+
+
+def test_python_api_resume_keeps_the_data_root_given(run, tmp_path):
+    """fit(cfg) outside Hydra has no overrides to read: the data root given is taken (and recorded)."""
+    from bnnrepro.train import loop
+
+    root = tmp_path / "elsewhere"
+    shutil.copytree(data_root(), root)
+    cfg = compose([f"resume={run}", f"data.root={root}"])
+    prep = loop.prepare(cfg, held := [])
+    try:
+        assert prep.cfg.data.root == str(root) and prep.applied == [f"data.root={root}"]
+    finally:
+        for lock in held:
+            lock.release()

@@ -141,9 +141,14 @@ def load_config_text(text: str) -> tuple[dict | None, str | None]:
         cfg = yaml.safe_load(text)
     except yaml.YAMLError as err:
         return None, f"{CONFIG} is not valid YAML ({type(err).__name__})"
+    except RecursionError:
+        return None, f"{CONFIG} is nested too deeply to be a config"
     if not isinstance(cfg, dict):
         return None, f"{CONFIG} is not a mapping"
-    where = _interpolation(cfg)
+    try:
+        where = _interpolation(cfg)
+    except RecursionError:
+        return None, f"{CONFIG} is nested too deeply to be a config"
     if where:
         return None, f"{CONFIG} holds an interpolation at {where}; ours are written resolved"
     return cfg, None

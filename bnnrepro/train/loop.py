@@ -65,10 +65,10 @@ def _resume_overrides(overrides: list[str] | None) -> list[str]:
     what the run computes."""
     keys, refused = [], []
     for item in overrides or []:
-        key = item.split("=", 1)[0].lstrip("+~")
+        key = item.split("=", 1)[0].lstrip("+")
         if key == "resume":
             continue
-        if _is_safe(key):
+        if _is_safe(key) and not key.startswith("~"):  # deleting a field is not setting it
             keys.append(key)
         else:
             refused.append(item)
@@ -80,9 +80,9 @@ def _resume_overrides(overrides: list[str] | None) -> list[str]:
     return keys
 
 
-def _load_resume_config(run_dir: Path, cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, dict]:
+def _load_resume_config(run_dir: Path, cfg: DictConfig, keys: list[str]) -> tuple[DictConfig, dict, dict]:
     """The run's stored config (read safely, checked against the schema) with the safe overrides
-    ``keys`` applied from ``cfg``; and the stored config as read."""
+    ``keys`` applied from ``cfg``; the stored config as read; and as merged on the schema."""
     saved, why = runs.read_config(run_dir)
     if saved is None:
         raise RunError(f"resume={run_dir}: {why}; it cannot be resumed")
@@ -92,22 +92,23 @@ def _load_resume_config(run_dir: Path, cfg: DictConfig, keys: list[str]) -> tupl
     except Exception as err:  # omegaconf's ValidationError / KeyError names the key
         raise ConfigError(f"resume={run_dir}: its {CONFIG} does not fit the config schema: "
                           f"{str(err).splitlines()[0]}") from None
+    merged = OmegaConf.to_container(resumed, resolve=False)
     for key in keys:  # the data may live elsewhere on the resuming machine, ...
         OmegaConf.update(resumed, key, OmegaConf.select(cfg, key), merge=False)
     resumed.resume = str(run_dir)
-    return resumed, saved
+    return resumed, saved, merged
 
 
-def _check_against_checkpoint(run_dir: Path, saved: dict, state: dict) -> None:
+def _check_against_checkpoint(run_dir: Path, saved: dict, merged: dict, state: dict) -> None:
     """The stored config must be the one the checkpoint was trained with (an edited ``config.yaml``
-    would silently train something else from then on)."""
-    recorded = state.get("config_hash")
-    trained = flatten(state.get("config") or {})
-    now = flatten(saved)
-    changed = [f"{k}: {trained[k]!r} -> {now[k]!r}" for k in sorted(now)
-               if not _is_safe(k, NOT_COMPUTED) and k in trained and trained[k] != now[k]]
-    if recorded and recorded != config_hash(saved) and not changed:
-        changed = ["(fields added or removed)"]
+    would silently train something else from then on). The recorded hash settles it when it
+    matches; otherwise the fields are compared (the hash also moves when this code's list of
+    fields that compute nothing changes, or the schema gains a field: those differ in no value)."""
+    if state.get("config_hash") == config_hash(saved):
+        return
+    trained, now = flatten(state.get("config") or {}), flatten(merged)
+    changed = [f"{k}: {trained[k]!r} -> {now[k]!r}" for k in sorted(trained)
+               if not _is_safe(k, NOT_COMPUTED) and k in now and trained[k] != now[k]]
     if changed:
         raise CheckpointError(f"resume={run_dir}: its {CONFIG} no longer matches the config its checkpoint "
                               f"was trained with ({'; '.join(changed[:5])}); restore {CONFIG}, or start a new run")
@@ -160,14 +161,27 @@ def prepare(cfg: DictConfig, held: list | None = None) -> Prepared:
     try:
         held.append(runs.lock_run(run_dir, "start it"))
         text = OmegaConf.to_yaml(cfg, resolve=True)
+        saved, why = runs.load_config_text(text)
+        if saved is None:  # it could never be resumed or read back
+            raise ConfigError(f"this config cannot be stored as a run's {CONFIG}: {why}")
         runs.atomic_write_text(run_dir / CONFIG, text)
     except BaseException:
         if not held or held[-1].run_dir != run_dir:
             raise  # another process holds it: not ours to remove
-        shutil.rmtree(run_dir, ignore_errors=True)
+        _remove(run_dir)
         raise
-    saved, _ = runs.load_config_text(text)
-    return Prepared(cfg, run_dir, None, config_hash(saved or {}), created=True)
+    return Prepared(cfg, run_dir, None, config_hash(saved), created=True)
+
+
+def _remove(run_dir: Path) -> None:
+    """Remove a run directory this process made: renamed aside first, so that no other process
+    sees it half-removed (empty, lock file gone) and takes it for a directory to reuse."""
+    aside = run_dir.with_name(f".removing-{run_dir.name}-{os.getpid()}")
+    try:
+        os.rename(run_dir, aside)
+    except OSError:
+        aside = run_dir
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def _prepare_resume(cfg: DictConfig, held: list) -> Prepared:
@@ -177,23 +191,30 @@ def _prepare_resume(cfg: DictConfig, held: list) -> Prepared:
     run_dir = Path(str(cfg.resume).strip()).expanduser()
     if not run_dir.is_dir():
         raise FileNotFoundError(f"resume={cfg.resume}: no such run directory")
-    keys = _resume_overrides(_overrides())
+    overrides = _overrides()
+    # outside a Hydra app (fit(cfg) from Python) there are no overrides to read: the data root given
+    # is taken, as the data may live elsewhere on the resuming machine
+    keys = _resume_overrides(overrides) if overrides is not None else (
+        ["data.root"] if OmegaConf.select(cfg, "data.root") else [])
     if not (run_dir / CONFIG).is_file():  # checked before the lock file is made in a folder not ours
         if not any((run_dir / m).exists() for m in runs.MARKERS) and not (set(os.listdir(run_dir)) - {runs.LOCK}):
             raise RunError(f"resume={run_dir}: the run was created but never started (stopped before its "
                            f"{CONFIG} was written); start it again with run_name={run_dir.name} "
                            f"runs_dir={run_dir.parent} (the empty directory is reused), or delete it")
         raise RunError(f"resume={run_dir}: no {CONFIG} there; is it a bnnrepro run directory?")
+    status = _finished_status(run_dir)  # before the lock: a finished run may sit on a read-only disk
+    if status:
+        resumed, saved, _ = _load_resume_config(run_dir, cfg, keys)
+        return Prepared(resumed, run_dir, {"finished": status}, config_hash(saved))
     held.append(runs.lock_run(run_dir, "resume it"))
-    resumed, saved = _load_resume_config(run_dir, cfg, keys)
+    resumed, saved, merged = _load_resume_config(run_dir, cfg, keys)
     validate(resumed)
     applied = [f"{k}={OmegaConf.select(resumed, k)}" for k in keys]
-    status = _finished_status(run_dir)
-    if status:
-        return Prepared(resumed, run_dir, {"finished": status}, config_hash(saved), applied=applied)
+    if _finished_status(run_dir):  # it ended while we waited for the lock
+        return Prepared(resumed, run_dir, {"finished": _finished_status(run_dir)}, config_hash(saved))
     state = runs.load_resumable(run_dir)
     if state is not None:
-        _check_against_checkpoint(run_dir, saved, state)
+        _check_against_checkpoint(run_dir, saved, merged, state)
     return Prepared(resumed, run_dir, state, config_hash(saved), applied=applied)
 
 
@@ -225,7 +246,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
         # a run that never wrote a checkpoint holds nothing worth keeping (a diverged one keeps its summary)
         if (ctx.is_main and prep.created and not isinstance(err, TrainingDiverged)
                 and not any((prep.run_dir / name).exists() for name in (runs.LAST, runs.BEST))):
-            shutil.rmtree(prep.run_dir, ignore_errors=True)
+            _remove(prep.run_dir)
             print(f"note: removed {prep.run_dir}: the run stopped before its first checkpoint", file=sys.stderr)
         raise
 
@@ -375,9 +396,10 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
                                            code_start=code_start, **extra))
         except (StorageError, OSError) as err:  # disk full, quota, I/O error: the files so far stay as they were
             why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
-            raise StorageError(
-                f"could not write the checkpoint of epoch {epoch} in {run_dir} ({why}); the last complete checkpoint "
-                f"is kept: free space, then bnnrepro train resume={run_dir}") from None
+            kept = any((run_dir / name).exists() for name in (runs.LAST, runs.PREVIOUS, runs.BEST))
+            then = (f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}"
+                    if kept else "no checkpoint was written, so the run is removed: free space, then start it again")
+            raise StorageError(f"could not write the checkpoint of epoch {epoch} in {run_dir} ({why}); {then}") from None
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
               f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
               f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
