@@ -120,6 +120,55 @@ def test_layers_default_grad_quantizer_is_identity():
     assert isinstance(conv.grad_quantizer, Identity)
 
 
+GRAD_MODELS = [("bnn_convnet", (3, 32, 32), 9), ("binary_alexnet", (3, 64, 64), 8)]  # name, input, weight layers
+
+
+def layer_grads(model, x):
+    """The gradient coming out of each QuantLayer's gradient quantizer (into the conv/FC output),
+    and the parameters' gradients, for one seeded backward pass."""
+    grads = []
+
+    def capture(module, inputs, output):
+        inputs[0].register_hook(grads.append)
+
+    hooks = [m.grad_quantizer.register_forward_hook(capture) for m in quant_layers(model)]
+    torch.manual_seed(1)
+    forward_backward(model, x)
+    for h in hooks:
+        h.remove()
+    return grads[::-1], [p.grad for p in model.parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("name, shape, n", GRAD_MODELS)
+def test_conv_models_quantize_hidden_layer_gradients(name, shape, n):
+    quant = QuantScheme.from_config({"gradient": "dorefa_gradient", "g_bits": 2})
+    torch.manual_seed(0)
+    model = models.build(name, input_shape=shape, num_classes=10, width_mult=1 / 16, quant=quant)
+    # BNN's quantized first layer takes the hidden layers' gradient quantizer, the output layer none
+    assert [type(m.grad_quantizer) for m in quant_layers(model)] == [DoReFaGradient] * (n - 1) + [Identity]
+    grads, _ = layer_grads(model, torch.randn(3, *shape))
+    assert len(grads) == n
+    for g in grads[:-1]:  # per example: at most 2**2 levels of 2M[k/3 - 1/2]
+        assert all(row.unique().numel() <= 4 for row in g.flatten(1))
+    assert any(row.unique().numel() > 4 for row in grads[-1].flatten(1))
+
+
+@pytest.mark.parametrize("name, shape, n", GRAD_MODELS)
+def test_conv_models_identity_gradient_changes_nothing(name, shape, n):
+    x = torch.randn(3, *shape)
+    runs = []
+    for absent in (False, True):
+        torch.manual_seed(0)
+        model = models.build(name, input_shape=shape, num_classes=10, width_mult=1 / 16)
+        assert all(isinstance(m.grad_quantizer, Identity) for m in quant_layers(model))
+        if absent:
+            for m in quant_layers(model):
+                m.grad_quantizer = nn.Identity()
+        runs.append(layer_grads(model, x))
+    (g0, p0), (g1, p1) = runs
+    assert len(g0) == n and all(torch.equal(a, b) for a, b in zip(g0 + p0, g1 + p1, strict=True))
+
+
 # ------------------------------------------------------------------ LSTM language model
 
 def test_lstm_lm_shapes_and_state():

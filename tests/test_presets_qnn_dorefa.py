@@ -171,6 +171,16 @@ def test_qnn_alexnet_bits_and_float_first_last():
     assert [q.precision for q in model if isinstance(q, QnnLinear)] == [1] * 7  # the activation stages
 
 
+def test_qnn_alexnet_6_bit_gradients_on_the_hidden_layers():
+    cfg = compose(["+experiment=qnn_alexnet", "quant.gradient=qnn_gradient", "quant.g_bits=6", "data=mnist",
+                   "data.image_size=64", "scale=smoke"])
+    validate(cfg)
+    layers = quant_layers(build_model(cfg, input_shape(cfg), 10))
+    # the float first and last layers (first_weight/last_weight set) have no gradient quantizer
+    assert [type(m.grad_quantizer) for m in layers] == [Identity] + [QnnGradient] * 6 + [Identity]
+    assert {m.grad_quantizer.precision for m in layers[1:-1]} == {6}
+
+
 def test_qnn_mnist_theano_default_is_bnn():
     cfg = compose(["+paper=qnn", "scale=smoke"])
     model = build_model(cfg, (1, 28, 28), 10)
@@ -190,8 +200,6 @@ BAD = [
     (["+experiment=dorefa_mnist_mlp", "quant.weight=dorefa_wieght"], r"quant.weight='dorefa_wieght' is unknown"),
     (["+experiment=qnn_mnist_mlp", "quant.activation=qnn_lin"], r"quant.activation='qnn_lin' is unknown"),
     (["+paper=dorefa", "quant.gradient=dorefa_grad"], r"quant.gradient='dorefa_grad' is unknown"),
-    (["+experiment=qnn_alexnet", "quant.gradient=qnn_gradient", "quant.g_bits=6"],
-     r"quant.gradient='qnn_gradient' is not supported by model 'binary_alexnet'"),
     (["+experiment=qnn_alexnet", "quant.g_bits=6"], r"quant.g_bits=6 is not valid for quantizer 'identity'"),
     (["+paper=dorefa", "model.variant=E"], None),  # checked when the model is built (factory error)
 ]

@@ -22,7 +22,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 # models whose layers have no gradient quantizer: their scheme's gradient role must be the identity
-NO_GRADIENT_QUANT = ("bnn_convnet", "binary_alexnet", "lstm_lm")
+NO_GRADIENT_QUANT = ("lstm_lm",)
 
 
 def names() -> list[str]:

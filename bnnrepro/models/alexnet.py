@@ -24,8 +24,10 @@ conv0 is ``quant.first_layer`` and fct ``quant.last_layer.weight`` (float in DoR
 every stage followed by the activation quantizer (larq puts it on the next layer's input; same
 thing), the first conv's input unquantized, no biases, BN without scale (``bn_scale=False``
 freezes gamma at 1), momentum 0.1 (Keras 0.9), eps 1e-3 (Keras default). QNN keeps the first and
-last layers in higher precision: a scheme with ``first_weight``/``last_weight: identity``. No layer has
-a gradient quantizer (``models.NO_GRADIENT_QUANT``).
+last layers in higher precision: a scheme with ``first_weight``/``last_weight: identity``. The gradient
+quantizer sits on every conv/FC output (before pooling and BN): ``quant.first_layer.gradient`` on the
+first conv (none when ``first_weight`` is set), ``quant.gradient`` on the hidden layers, none on the
+last FC (as in ``mlp``).
 
 TF 'SAME' padding is reproduced exactly (asymmetric where needed: zero padding for convs, -inf for
 max-pooling) so the spatial sizes match the originals (6x6 before the FC layers at 224).
@@ -35,7 +37,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import activation_after, norm_layer, scaled, scheme
+from .common import activation_after, layer_quant, norm_layer, scaled, scheme
 from .dorefa_svhn import DOREFA_QUANT
 
 
@@ -126,15 +128,15 @@ def binary_alexnet(*, input_shape, num_classes, quant=None, width_mult=1.0, init
     convs = ((64, 11, 4, True), (192, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False), (256, 3, 1, True))
     for i, (c, k, s, pool) in enumerate(convs):
         c_out = scaled(c, width_mult)
-        first = quant.first_layer if i == 0 else None
+        q = layer_quant(quant, i, len(convs) + 3)
         before, after, h = _same(h, k, s)
         if before == after:
             conv_pad, layers_pad = before, []
         else:
             conv_pad, layers_pad = 0, _pad(before, after, 0.0)
         layers += layers_pad + [QuantConv2d(c_in, c_out, k, stride=s, padding=conv_pad, init=init,
-                                            input_quantizer=first.input if first else None,
-                                            weight_quantizer=first.weight if first else quant.weight)]
+                                            input_quantizer=q.input, weight_quantizer=q.weight,
+                                            grad_quantizer=q.gradient)]
         if pool:
             layers.append(nn.MaxPool2d(3, 2))
             h = _valid(h, 3, 2)
@@ -143,8 +145,9 @@ def binary_alexnet(*, input_shape, num_classes, quant=None, width_mult=1.0, init
     widths = [c_in * h * h, scaled(4096, width_mult), scaled(4096, width_mult), num_classes]
     layers.append(nn.Flatten())
     for i in range(3):
-        spec = quant.last_layer.weight if i == 2 else quant.weight
-        layers += [QuantLinear(widths[i], widths[i + 1], weight_quantizer=spec, init=init), bn(1, widths[i + 1])]
+        q = layer_quant(quant, len(convs) + i, len(convs) + 3)
+        layers += [QuantLinear(widths[i], widths[i + 1], input_quantizer=q.input, weight_quantizer=q.weight, init=init,
+                               grad_quantizer=q.gradient), bn(1, widths[i + 1])]
         if i < 2:
             layers.append(activation_after(quant, i, 3))
     return nn.Sequential(*layers)

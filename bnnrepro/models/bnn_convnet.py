@@ -5,15 +5,16 @@ activation quantizer, as the Theano code orders it. ``width_mult`` scales every 
 (0.5 on the convs alone gives the SVHN net: pass ``channels=(64,64,128,128,256,256)``).
 The quantizers come from the scheme ``quant``: the first conv's input and weights are
 ``quant.first_layer``'s (the input real-valued by default), the last FC's weights
-``quant.last_layer.weight`` and the activation before it ``quant.last_layer.input``. No layer has a
-gradient quantizer (``models.NO_GRADIENT_QUANT``).
+``quant.last_layer.weight`` and the activation before it ``quant.last_layer.input``. The gradient
+quantizer sits on every conv/FC output (before pooling and BN): ``quant.first_layer.gradient`` on the
+first conv, ``quant.gradient`` on the hidden layers, none on the last FC (as in ``mlp``).
 """
 from __future__ import annotations
 
 import torch.nn as nn
 
 from ..nn import QuantConv2d, QuantLinear
-from .common import dense_block, norm_layer, scaled, scheme
+from .common import dense_block, layer_quant, norm_layer, scaled, scheme
 
 
 def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256, 256, 512, 512), fc=(1024, 1024),
@@ -24,12 +25,12 @@ def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256
     layers: list[nn.Module] = []
     if dropout_in > 0:
         layers.append(nn.Dropout(dropout_in))
+    n_weight = len(channels) + len(fc) + 1
     for i, c in enumerate(channels):
         c_out = scaled(c, width_mult)
-        first = quant.first_layer if i == 0 else None
-        layers.append(QuantConv2d(c_in, c_out, 3, padding=1, bias=bias, init=init,
-                                  input_quantizer=first.input if first else None,
-                                  weight_quantizer=first.weight if first else quant.weight))
+        q = layer_quant(quant, i, n_weight)
+        layers.append(QuantConv2d(c_in, c_out, 3, padding=1, bias=bias, init=init, input_quantizer=q.input,
+                                  weight_quantizer=q.weight, grad_quantizer=q.gradient))
         if i in pool_after:
             layers.append(nn.MaxPool2d(2))
             h, w = h // 2, w // 2
@@ -39,8 +40,9 @@ def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256
     widths = [c_in * h * w] + [scaled(f, width_mult) for f in fc] + [num_classes]
     n = len(widths) - 1
     for i in range(n):
-        spec = quant.last_layer.weight if i == n - 1 else quant.weight
-        linear = QuantLinear(widths[i], widths[i + 1], bias=bias, weight_quantizer=spec, init=init)
+        q = layer_quant(quant, len(channels) + i, n_weight)
+        linear = QuantLinear(widths[i], widths[i + 1], bias=bias, input_quantizer=q.input, weight_quantizer=q.weight,
+                             init=init, grad_quantizer=q.gradient)
         layers += dense_block(linear, quant, i, n, bn_eps=bn_eps, bn_momentum=bn_momentum, batchnorm=batchnorm,
                               dropout_hidden=dropout_hidden)
     return nn.Sequential(*layers)
