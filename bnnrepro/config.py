@@ -42,6 +42,13 @@ class ModelConfig:
     bias: bool = False
     init: str = "auto"                  # auto | uniform1 | glorot | torch
     batchnorm: str = "standard"         # standard | shift
+    # the BatchNorm after the output layer: same (as model.batchnorm) | standard | shift; Torch7's
+    # MNIST model ends in a plain nn.BatchNormalization behind shift-based hidden layers
+    output_batchnorm: str = "same"
+    # BatchNorm statistics at evaluation: running (the averages kept in training; what the packed
+    # engine folds) | batch (each evaluation batch's own, in batches of train.batch_size: Torch7's
+    # -runningVal false default)
+    bn_eval_stats: str = "running"
     bn_eps: float = 1e-4
     bn_momentum: float = 0.1
     variant: Optional[str] = None       # model-specific variant (e.g. DoReFa SVHN A-D)
@@ -143,6 +150,8 @@ CHOICES = {
     "data.preprocessing": ("scale", "gcn", "zca"),
     "model.init": ("auto", "uniform1", "glorot", "torch"),
     "model.batchnorm": ("standard", "shift"),
+    "model.output_batchnorm": ("same", "standard", "shift"),
+    "model.bn_eval_stats": ("running", "batch"),
     "optim.name": ("adam", "adamax", "shift_adamax", "sgd"),
     "optim.schedule": ("exponential", "step", "constant"),
     "scale.schedule": ("truncate", "compress"),
@@ -427,7 +436,7 @@ def model_kwargs(cfg) -> dict:
         width_mult=effective_width_mult(cfg), dropout_in=cfg.model.dropout_in,
         dropout_hidden=effective_dropout_hidden(cfg), bias=cfg.model.bias, init=cfg.model.init,
         batchnorm=cfg.model.batchnorm, bn_eps=cfg.model.bn_eps, bn_momentum=cfg.model.bn_momentum,
-        variant=cfg.model.variant,
+        variant=cfg.model.variant, output_batchnorm=cfg.model.get("output_batchnorm", "same"),
     )
     name = cfg.model.name
     params = inspect.signature(models.MODELS[name]).parameters
@@ -436,6 +445,9 @@ def model_kwargs(cfg) -> dict:
     if "batchnorm" not in params and section["batchnorm"] != "standard":
         raise ValueError(f"model.batchnorm={section['batchnorm']!r} is not supported by model {name!r}; "
                          "allowed: standard")
+    if "output_batchnorm" not in params and section["output_batchnorm"] != "same":
+        raise ValueError(f"model.output_batchnorm={section['output_batchnorm']!r} is not supported by model "
+                         f"{name!r}; allowed: same")
     scheme = QuantScheme.from_config(quant_section(cfg))
     if name in models.NO_GRADIENT_QUANT and scheme.gradient.cls.kind != "identity":
         raise ValueError(f"quant.gradient={cfg.quant.gradient!r} is not supported by model {name!r}; "

@@ -34,7 +34,7 @@ def run(target: str, opts: dict | None = None) -> dict:
     import torch
 
     from . import data as datasets
-    from .train.batches import TOP_K, evaluate, top5_wrong
+    from .train.batches import TOP_K, eval_batching, evaluate, top5_wrong
     from .train import load_model
 
     opts = {**DEFAULTS, **(opts or {})}
@@ -45,6 +45,11 @@ def run(target: str, opts: dict | None = None) -> dict:
                            preprocessing=cfg.data.preprocessing, use_extra=False,
                            image_size=cfg.data.image_size)
     x, y = getattr(splits, f"{opts['split']}_x"), getattr(splits, f"{opts['split']}_y")
+    batch_size, batch_stats = eval_batching(cfg, opts["batch_size"])
+    if batch_stats and opts["engine"] == "packed":
+        raise ConfigError(f"eval: {target} was trained with model.bn_eval_stats=batch (BatchNorm normalises each "
+                          "test batch with its own statistics); the packed engine folds running statistics, "
+                          "so only --engine torch evaluates it as trained")
     t0 = time.perf_counter()
     if opts["engine"] == "packed":
         from .kernels.commands import predict_packed
@@ -54,7 +59,7 @@ def run(target: str, opts: dict | None = None) -> dict:
         error = 100.0 * float((logits.argmax(1) != y).float().mean())
         top5 = 100.0 * float(top5_wrong(logits, y).float().mean()) if logits.shape[1] >= TOP_K else None
     else:
-        result = evaluate(model, x, y, splits.preprocess, opts["batch_size"])
+        result = evaluate(model, x, y, splits.preprocess, batch_size, batch_stats=batch_stats)
         error, top5 = result["error"], result["top5_error"]
     return {"error": error, "top5_error": top5, "n": int(x.shape[0]), "seconds": time.perf_counter() - t0,
             **opts, "dataset": cfg.data.name}

@@ -147,14 +147,29 @@ def test_adamax_with_glorot_param_groups():
     assert all(math.log2(g["lr"]).is_integer() for g in opt.param_groups)
 
 
-def _adamax_trajectory(fused: bool, seed: int = 0) -> list[torch.Tensor]:
+def test_adamax_rounds_the_step_then_multiplies_by_an_unrounded_scale():
+    # Torch7 on MNIST: AP2(lr / bias correction) times the (unrounded) Glorot LR vector
+    scale = 27.7128  # 1 / sqrt(1.5 / (2048 + 2048)), not a power of two
+    p = nn.Parameter(torch.zeros(3))
+    opt = ShiftAdaMax([{"params": [p], "lr": 2**-6 * scale, "lr_scale": scale}], fused=False)
+    p.grad = torch.tensor([0.5, -2.0, 1.0])
+    opt.step()
+    # first step: m = 0.1 g, u = |g| + eps, bias correction 0.1: the update is -AP2(2^-6 / 0.1) * scale
+    # * m / AP2(u); AP2(2^-6 / 0.1) = 2^-3 (log2 = -2.68)
+    m, u = 0.1 * p.grad, p.grad.abs() + 2**-27
+    assert torch.allclose(p.detach(), -(2**-3) * scale * m / ap2(u), rtol=1e-6)
+    # rounded together with the scale, as before, the step would have been AP2(2^-6 * scale / 0.1) = 2^2
+    assert not torch.allclose(p.detach(), -(2**2) * m / ap2(u), rtol=1e-2)
+
+
+def _adamax_trajectory(fused: bool, seed: int = 0, scale: float = 1.0) -> list[torch.Tensor]:
     """Parameters and state after steps with gradients of very different scales (so u's AP2 and
     the bias-corrected step take many exponents), two groups with their own lr."""
     g = torch.Generator().manual_seed(seed)
     params = [nn.Parameter(torch.randn(64, 33, generator=g)), nn.Parameter(torch.randn(17, generator=g)),
               nn.Parameter(torch.randn(3, 5, 7, generator=g))]
-    opt = ShiftAdaMax([{"params": params[:1], "lr": 2**-3}, {"params": params[1:], "lr": 2**-6}],
-                      fused=fused)
+    opt = ShiftAdaMax([{"params": params[:1], "lr": 2**-3 * scale, "lr_scale": scale},
+                       {"params": params[1:], "lr": 2**-6}], fused=fused)
     for k in range(8):
         for p in params:
             p.grad = torch.randn(p.shape, generator=g) * 10.0 ** (3 - k)
@@ -164,9 +179,9 @@ def _adamax_trajectory(fused: bool, seed: int = 0) -> list[torch.Tensor]:
     return [p.detach() for p in params] + state
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_fused_adamax_is_the_reference_bit_for_bit(seed):
-    fused, reference = _adamax_trajectory(True, seed), _adamax_trajectory(False, seed)
+@pytest.mark.parametrize("seed,scale", [(0, 1.0), (1, 1.0), (2, 1.0), (0, 27.7128), (1, 0.3)])
+def test_fused_adamax_is_the_reference_bit_for_bit(seed, scale):
+    fused, reference = _adamax_trajectory(True, seed, scale), _adamax_trajectory(False, seed, scale)
     for a, b in zip(fused, reference):
         assert torch.equal(a, b)
 

@@ -19,7 +19,8 @@ from .common import dense_block, layer_quant, norm_layer, scaled, scheme
 
 def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256, 256, 512, 512), fc=(1024, 1024),
                 pool_after=(1, 3, 5), width_mult=1.0, dropout_hidden=0.0, bias=False, init="auto",
-                batchnorm="standard", bn_eps=1e-4, bn_momentum=0.1, dropout_in=0.0) -> nn.Sequential:
+                batchnorm="standard", bn_eps=1e-4, bn_momentum=0.1, dropout_in=0.0,
+                output_batchnorm="same") -> nn.Sequential:
     quant = scheme(quant)
     c_in, h, w = input_shape
     layers: list[nn.Module] = []
@@ -44,5 +45,5 @@ def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256
         linear = QuantLinear(widths[i], widths[i + 1], bias=bias, input_quantizer=q.input, weight_quantizer=q.weight,
                              init=init, grad_quantizer=q.gradient)
         layers += dense_block(linear, quant, i, n, bn_eps=bn_eps, bn_momentum=bn_momentum, batchnorm=batchnorm,
-                              dropout_hidden=dropout_hidden)
+                              dropout_hidden=dropout_hidden, output_batchnorm=output_batchnorm)
     return nn.Sequential(*layers)

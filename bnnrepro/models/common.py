@@ -35,10 +35,12 @@ def activation_after(quant: QuantScheme, i: int, n: int) -> nn.Module:
 
 
 def dense_block(linear: nn.Module, quant: QuantScheme, i: int, n: int, *, bn_eps: float, bn_momentum: float,
-                batchnorm: str, dropout_hidden: float) -> list[nn.Module]:
-    """Weight layer ``i`` of ``n`` of a fully connected stack, then BatchNorm1d and, except after the
-    output layer, the activation quantizer and dropout."""
-    block = [linear, norm_layer(1, linear.out_features, bn_eps, bn_momentum, batchnorm)]
+                batchnorm: str, dropout_hidden: float, output_batchnorm: str = "same") -> list[nn.Module]:
+    """Weight layer ``i`` of ``n`` of a fully connected stack, then BatchNorm1d (after the output
+    layer of kind ``output_batchnorm``, ``same``: ``batchnorm``) and, except after the output layer,
+    the activation quantizer and dropout."""
+    kind = output_batchnorm if i == n - 1 and output_batchnorm != "same" else batchnorm
+    block = [linear, norm_layer(1, linear.out_features, bn_eps, bn_momentum, kind)]
     if i < n - 1:
         block.append(activation_after(quant, i, n))
         if dropout_hidden > 0:

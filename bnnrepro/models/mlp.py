@@ -2,7 +2,8 @@
 with DoReFa or QNN quantizer schemes, the MLP of the DoReFa/QNN acceptance grid.
 
 Per hidden layer: QuantLinear -> BatchNorm1d -> activation quantizer -> Dropout; the output layer is
-QuantLinear -> BatchNorm1d (its output feeds the loss). Dropout after the sign, as the Theano code
+QuantLinear -> BatchNorm1d (its output feeds the loss; ``output_batchnorm`` may make this one plain
+BN behind shift-based hidden layers, as Torch7's MNIST model). Dropout after the sign, as the Theano code
 does it.
 
 Every quantizer comes from the scheme (``quant``, a :class:`bnnrepro.quant.QuantScheme`): the
@@ -24,7 +25,7 @@ from .common import dense_block, layer_quant, scaled, scheme
 
 def mlp(*, input_shape, num_classes, quant=None, hidden=(4096, 4096, 4096), width_mult=1.0, dropout_in=0.0,
         dropout_hidden=0.0, bias=False, init="auto", batchnorm="standard", bn_eps=1e-4,
-        bn_momentum=0.1) -> nn.Sequential:
+        bn_momentum=0.1, output_batchnorm="same") -> nn.Sequential:
     quant = scheme(quant)
     widths = [math.prod(input_shape)] + [scaled(h, width_mult) for h in hidden] + [num_classes]
     layers: list[nn.Module] = [nn.Flatten()]
@@ -36,5 +37,5 @@ def mlp(*, input_shape, num_classes, quant=None, hidden=(4096, 4096, 4096), widt
         linear = QuantLinear(widths[i], widths[i + 1], bias=bias, input_quantizer=q.input,
                              weight_quantizer=q.weight, init=init, grad_quantizer=q.gradient)
         layers += dense_block(linear, quant, i, n, bn_eps=bn_eps, bn_momentum=bn_momentum, batchnorm=batchnorm,
-                              dropout_hidden=dropout_hidden)
+                              dropout_hidden=dropout_hidden, output_batchnorm=output_batchnorm)
     return nn.Sequential(*layers)

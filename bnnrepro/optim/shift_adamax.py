@@ -8,10 +8,12 @@
 Both the bias-corrected step size and u are rounded to powers of two, so the update is m shifted.
 Choices: beta1 = 0.9, beta2 = 0.999, eps = 2**-27 as the Torch7 code (the paper suggests
 1 - beta1 = 2**-3, 1 - beta2 = 2**-10: pass ``betas`` for that); eps is added inside the max as in
-Torch7's adamax. The learning rate is each param group's ``lr`` (so BNN's Glorot scale is applied
-by putting layers in groups, ``optim.param_groups``): with a Torch7-style power-of-two scale
-(``glorot_pow2``) the rounded step equals Torch7's AP2(lr / bc) * scale exactly; an unrounded scale
-is rounded together with lr. Latent-weight clipping is left to ``LatentWeightClipper``.
+Torch7's adamax. BNN's Glorot scale comes from the param groups (``optim.param_groups``: a group's
+``lr`` is the base LR times its ``lr_scale``): the step is AP2(base lr / bc) * lr_scale, as Torch7
+rounds the step and then multiplies by its Glorot-LR vector (unrounded on MNIST, ``lr_scale=glorot``;
+rounded to a power of two for conv and CIFAR FC layers, ``glorot_pow2``, where the product is a
+power of two again). A group without ``lr_scale`` has scale 1. Latent-weight clipping is left to
+``LatentWeightClipper``.
 
 ``fused=True`` runs the whole update of a float32 CPU parameter as one Numba loop (read p, g, m,
 u once, write p, m, u once) instead of about ten tensor passes; ``fused=False`` is the tensor
@@ -113,7 +115,9 @@ class ShiftAdaMax(torch.optim.Optimizer):
                     state["exp_inf"] = torch.zeros_like(p)
                 state["step"] += 1
                 m, u = state["exp_avg"], state["exp_inf"]
-                step_size = _pow2(group["lr"] / (1 - beta1 ** state["step"]))
+                # Torch7 rounds the bias-corrected step, then multiplies by the Glorot LR vector
+                scale = group.get("lr_scale", 1.0)
+                step_size = _pow2(group["lr"] / scale / (1 - beta1 ** state["step"])) * scale
                 if group.get("fused", False) and _fusable(p):  # a checkpoint from before the knob: no key
                     f32 = np.float32
                     u_flat = u.view(-1).numpy()

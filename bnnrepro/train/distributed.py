@@ -223,11 +223,12 @@ class Context:
             for buf in model.buffers():
                 dist.broadcast(buf, src=0)
 
-    def evaluate(self, model, x, y, preprocess, batch_size: int, loss_fn=None, device="cpu") -> dict:
+    def evaluate(self, model, x, y, preprocess, batch_size: int, loss_fn=None, device="cpu",
+                 batch_stats: bool = False) -> dict:
         """Top-1 and top-5 error (percent) and mean loss over a whole split, as :func:`batches.evaluate`,
         each rank evaluating a contiguous part."""
         if not self.active:
-            return _evaluate(model, x, y, preprocess, batch_size, loss_fn, device)
+            return _evaluate(model, x, y, preprocess, batch_size, loss_fn, device, batch_stats)
         n = x.shape[0]
         if n == 0:
             return {"error": float("nan"), "top5_error": float("nan"), "loss": float("nan")}
@@ -235,7 +236,7 @@ class Context:
         lo, hi = (int(bounds[0]), int(bounds[-1]) + 1) if len(bounds) else (0, 0)
         totals = torch.zeros(3, dtype=torch.float64)
         if hi > lo:
-            part = _evaluate(model, x[lo:hi], y[lo:hi], preprocess, batch_size, loss_fn, device)
+            part = _evaluate(model, x[lo:hi], y[lo:hi], preprocess, batch_size, loss_fn, device, batch_stats)
             totals[0] = round(part["error"] * (hi - lo) / 100.0)
             totals[1] = part["loss"] * (hi - lo)
             # no top-5 (fewer than 5 outputs): NaN, which the sum carries to every rank

@@ -22,10 +22,11 @@ from ..config import (Config, effective_dropout_hidden, effective_epochs, effect
                       effective_width_mult, schedule_epochs, validate)
 from ..errors import CheckpointError, ConfigError, RunError, StorageError, TrainingDiverged
 from ..nn import precision as matmul_precision
+from .allocator import keep_freed_memory
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
 from . import distributed, estimate
-from .batches import TOP_K, epoch_order, num_batches
+from .batches import TOP_K, epoch_order, eval_batching, num_batches
 from .checkpoint import init_weights
 from .factory import build_loss, build_model
 from .loggers import LocalLogger, build_logger
@@ -275,6 +276,7 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     if state is None and cfg.train.get("init_from") is not None:
         init = init_weights(model, cfg.train.init_from)
     precision = matmul_precision.configure(model, cfg.train.get("precision", "fp32"), device)
+    keep_freed_memory()
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model = ctx.wrap(model, device)  # distributed: BatchNorm over the global batch
@@ -284,6 +286,7 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg),
                                 protocol_epochs=int(cfg.train.epochs))
     clip = LatentWeightClipper(model, cfg.optim.clip_latent)
+    eval_bs, batch_stats = eval_batching(cfg)
     train_model = ctx.ddp(model, device)
     if cfg.train.compile:
         train_model = torch.compile(train_model)
@@ -366,8 +369,8 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
         scheduler.step()
         # evaluated on the plain model (no autocast; bf16 +-1 layers are exact), as `bnnrepro eval` would
         ctx.sync_buffers(model)
-        val = ctx.evaluate(model, val_x, val_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)
-        test = ctx.evaluate(model, test_x, test_y, splits.preprocess, cfg.train.eval_batch_size, loss_fn, device)
+        val = ctx.evaluate(model, val_x, val_y, splits.preprocess, eval_bs, loss_fn, device, batch_stats)
+        test = ctx.evaluate(model, test_x, test_y, splits.preprocess, eval_bs, loss_fn, device, batch_stats)
         # BNN protocol: the test error reported is the one at the epoch of best validation error
         # (ties go to the later epoch, as in the Theano code's `<=`); no validation set: last epoch.
         improved = not (val["error"] > best["val_error"])

@@ -76,6 +76,7 @@ class Stepper:
         from ..config import validate
         from ..nn import precision as matmul_precision
         from ..optim import LatentWeightClipper, build_optimizer
+        from .allocator import keep_freed_memory
         from .factory import build_loss, build_model
 
         cfg = compose(list(overrides) + ([f"train.precision={precision}"] if precision else []))
@@ -94,6 +95,7 @@ class Stepper:
         self.autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp_bf16)
         self.device = device
         self.model.train()
+        keep_freed_memory()
 
     def _sync(self):
         if self.device.type == "cuda":
