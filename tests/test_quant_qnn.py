@@ -181,3 +181,38 @@ def test_ap2_rounds_exactly_in_the_log_domain():
     # below sqrt(2) rounds down, from the first float32 above it up
     assert ap2(root2).item() == 1.0 and ap2(torch.nextafter(root2, torch.tensor(2.0))).item() == 2.0
     assert not torch.isfinite(ap2(torch.tensor([float("nan")]))).any()
+
+
+@pytest.mark.parametrize("name, kwargs, bits, expected", [
+    # symmetric linear grid, k = 2: ternary {-1, 0, 1}; k = 3: {-1, -2/3, -1/3, 0, 1/3, 2/3, 1}
+    ("qnn_linear", {"grid": "symmetric"}, 2, [-1, -1, -1, 0, 0, 0, 0, 0, 1, 1, 1]),
+    ("qnn_linear", {"grid": "symmetric"}, 3, [-1, -1, -2 / 3, -1 / 3, 0, 0, 0, 1 / 3, 2 / 3, 1, 1]),
+    # log with a zero code, k = 3: magnitudes {1, 1/2, 1/4} and 0; 0.1 -> log2 -3.3 -> 0; 0.6 -> -0.74 -> 1/2
+    ("qnn_log", {"zero_code": True}, 3, [-1, -1, -0.5, -0.25, 0, 0, 0, 0.25, 1, 1, 1]),
+])
+def test_alternative_grids_hand_values(name, kwargs, bits, expected):
+    y, grad = forward_backward(quant.build(name, bits=bits, **kwargs), X)
+    assert y == pytest.approx(expected, abs=1e-7)
+    assert grad == INSIDE
+    assert all(math.copysign(1.0, v) == 1.0 for v in y if v == 0)  # no -0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(x=finite, bits=st.sampled_from([2, 3, 4, 5, 8]),
+       alt=st.sampled_from([("qnn_linear", {"grid": "symmetric"}), ("qnn_log", {"zero_code": True})]))
+def test_alternative_grids_are_odd_with_a_zero_and_one_level_fewer(x, bits, alt):
+    name, kwargs = alt
+    q = quant.build(name, bits=bits, **kwargs)
+    t = torch.from_numpy(x)
+    y = q(t)
+    assert y.unique().numel() <= 2**bits - 1
+    assert torch.equal(q(-t), -y + 0.0)  # symmetric around zero
+    assert q(torch.zeros(1)).item() == 0.0
+    assert torch.equal(q(y), y)
+
+
+def test_alternative_grid_arguments_are_checked():
+    with pytest.raises(ValueError, match="grid"):
+        quant.build("qnn_linear", bits=2, grid="ternary")
+    with pytest.raises(ValueError, match="zero_code"):
+        quant.build("qnn_log", bits=1, zero_code=True)

@@ -66,15 +66,23 @@ class QnnLinear(Quantizer):
       deterministically in eval, as BNN's stochastic sign does;
     * gradient: straight-through, cancelled where |x| > ``clip * scale`` (hard-tanh window, clip 1);
     * ``k = 32`` passes x through unchanged.
+
+    ``grid="symmetric"`` is the alternative with a zero code and no extra negative level: the
+    ``2**k - 1`` values ``{-n, ..., 0, ..., n} / n``, n = 2**(k-1) - 1, spanning [-1, 1] (k = 2:
+    ternary {-1, 0, 1}); the default ``twos_complement`` is the grid above (k = 2: {-1, -1/2, 0, 1/2}).
     """
 
+    GRIDS = ("twos_complement", "symmetric")
     kind = "linear"
     clips_latent_weights = True
     takes_scale = True
 
     def __init__(self, bits: int = 2, stochastic: bool = False, scale: float = 1.0,
-                 clip: float | None = 1.0, eval_stochastic: bool = False):
+                 clip: float | None = 1.0, eval_stochastic: bool = False, grid: str = "twos_complement"):
         super().__init__()
+        if grid not in self.GRIDS:
+            raise ValueError(f"qnn_linear grid={grid!r} is unknown; allowed: {', '.join(self.GRIDS)}")
+        self.grid = grid
         self.precision = bits
         self.stochastic = stochastic
         self.eval_stochastic = eval_stochastic
@@ -83,7 +91,8 @@ class QnnLinear(Quantizer):
         self.generator: torch.Generator | None = None
 
     def extra_repr(self) -> str:
-        return f"precision={self.precision}, stochastic={self.stochastic}, scale={self.scale}"
+        grid = "" if self.grid == "twos_complement" else f", grid={self.grid}"
+        return f"precision={self.precision}, stochastic={self.stochastic}, scale={self.scale}{grid}"
 
     def forward(self, x):
         if self.precision == 32:
@@ -93,6 +102,9 @@ class QnnLinear(Quantizer):
         if self.precision == 1:
             return SteSign.apply(x / self.scale, self.clip, stochastic, self.generator) * self.scale
         levels = 2.0 ** (self.precision - 1)
+        # the codes' range: [-levels, levels - 1] (two's complement) or [-n, n], n = levels - 1
+        lo, hi, levels = ((-levels, levels - 1, levels) if self.grid == "twos_complement"
+                          else (-(levels - 1), levels - 1, levels - 1))
 
         def quantize(v):
             # (v / scale * levels), rounded, clamped, / levels * scale + 0.0 (no -0.0): the same
@@ -102,7 +114,7 @@ class QnnLinear(Quantizer):
                 v.add_(torch.rand(v.shape, generator=self.generator, device=v.device, dtype=v.dtype)).floor_()
             else:
                 v.round_()
-            return v.clamp_(-levels, levels - 1).div_(levels).mul_(self.scale).add_(0.0)
+            return v.clamp_(lo, hi).div_(levels).mul_(self.scale).add_(0.0)
 
         return ste(x, quantize, window)
 
@@ -116,31 +128,43 @@ class QnnLog(Quantizer):
     range (no zero code: x = 0 maps to +smallest, sign(0) = +1), giving exactly 2**k values, and
     k = 1 is ``scale * sign(x)``. Rounding is in the log domain, as AP2 (§a.3). Gradient:
     straight-through, cancelled where |x| > ``clip * scale``. ``k = 32`` passes x through.
+
+    ``zero_code=True`` is the alternative that spends one code on zero: magnitudes ``2**0 ...
+    2**-(2**(k-1) - 2)`` and 0, the ``2**k - 1`` values symmetric around it; |x| whose log2 rounds
+    below the smallest exponent maps to 0 (k = 2: {-1, 0, 1}; k = 1 has no room for it).
     """
 
     kind = "log"
     clips_latent_weights = True
     takes_scale = True
 
-    def __init__(self, bits: int = 4, scale: float = 1.0, clip: float | None = 1.0):
+    def __init__(self, bits: int = 4, scale: float = 1.0, clip: float | None = 1.0, zero_code: bool = False):
         super().__init__()
+        if zero_code and bits == 1:
+            raise ValueError("qnn_log zero_code=true needs bits >= 2 (1 bit has no code left for zero)")
         self.precision = bits
         self.scale = float(scale)
         self.clip = clip
+        self.zero_code = bool(zero_code)
 
     def forward(self, x):
         if self.precision == 32:
             return x
-        lowest = -(2.0 ** (self.precision - 1) - 1)
+        lowest = -(2.0 ** (self.precision - 1) - (2 if self.zero_code else 1))
 
         def quantize(v):
             # sign(v) * 2**clamp(round(log2(|v| / scale))) * scale, sign(0) = +1, in place on one buffer
             magnitude = v.abs()
             if self.scale != 1.0:
                 magnitude.div_(self.scale)
-            magnitude.log2_().round_().clamp_(lowest, 0.0).exp2_().mul_(self.scale)
+            exponent = magnitude.log2_().round_()
+            zero = exponent < lowest if self.zero_code else None
+            exponent.clamp_(lowest, 0.0).exp2_().mul_(self.scale)
+            if zero is not None:
+                exponent.masked_fill_(zero, 0.0)
             # copysign, not where(v >= 0, ...) (several times slower on CPU); v + 0.0: -0.0 -> +0.0
-            return magnitude.copysign_(v + 0.0)
+            out = exponent.copysign_(v + 0.0)
+            return out.add_(0.0) if zero is not None else out  # a zero code of negative v: +0.0
 
         return ste(x, quantize, None if self.clip is None else self.clip * self.scale)
 
