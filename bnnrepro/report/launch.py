@@ -47,12 +47,15 @@ def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int
     ``bnnrepro train`` command makes them, and its status says so."""
     new: dict[tuple[tuple[str, ...], str], set[int]] = {}  # (overrides, scale) -> seeds
     resume: dict[str, int] = {}
+    initialised: list[tuple[RowPlan, int]] = []  # init_from_row runs: one per seed, from its source
     for plan in plans:
         if not plan.reproduced or plan.blocked or plan.config is None:
             continue
         if plan.row.scale and plan.row.scale != scale:
             continue
-        if plan.missing:
+        if plan.row.init_from_row is not None:
+            initialised += [(plan, s) for s in plan.missing if s in plan.sources]
+        elif plan.missing:
             new.setdefault((tuple(plan.row.overrides), plan.scale), set()).update(plan.missing)
         for run in plan.interrupted.values():
             live = run_records.lock_holder(run.path)
@@ -80,6 +83,13 @@ def plan_jobs(plans: Iterable[RowPlan], scale: str, runs_dir: Path, *, jobs: int
         argv = ("train", "-m", *overrides, f"scale={row_scale}", f"seed={seeds}",
                 f"runs_dir={_quote(str(Path(runs_dir).resolve()))}", *common, *_launcher(jobs))
         out.append(Job(f"{' '.join(overrides)} scale={row_scale} seeds {seeds}", argv, runs))
+    for plan, seed in initialised:
+        source = str(Path(plan.sources[seed].path).resolve())
+        argv = ("train", "-m", *plan.row.overrides, f"scale={plan.scale}", f"seed={seed}",
+                f"train.init_from={_quote(source)}", f"runs_dir={_quote(str(Path(runs_dir).resolve()))}",
+                *common)
+        out.append(Job(f"{' '.join(plan.row.overrides)} scale={plan.scale} seed {seed} from "
+                       f"{plan.sources[seed].id}", argv, 1))
     if resume:
         paths = sorted(resume)
         argv = ("train", "-m", "resume=" + ",".join(_quote(p) for p in paths), *_launcher(jobs))

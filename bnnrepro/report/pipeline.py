@@ -15,7 +15,7 @@ from typing import Callable
 from ..compose import hydra_composer
 from ..runs import Problem, Run, Scan, code_version, export, scan
 from . import compact as compact_tables, curves, launch, render, study, tables
-from .plan import RowPlan, cuda_available, data_check, plan_row
+from .plan import RowPlan, cuda_available, data_check, link_sources, plan_row
 from .tables import RECORDS
 from .targets import DEFAULT_SEEDS, Targets
 
@@ -57,10 +57,13 @@ def _seeds_of(table, seeds: tuple[int, ...] | None) -> tuple[int, ...]:
 
 def _plans(targets: list[Targets], scale: str, seeds: tuple[int, ...] | None, found: Scan, composer,
            check_data, has_cuda, allow_dirty: bool) -> list[list[RowPlan]]:
-    return [[plan_row(row, row.scale or scale, row.seeds or _seeds_of(table, seeds), found, composer=composer,
-                      check_data=check_data,
-                      has_cuda=has_cuda, allow_dirty=allow_dirty)
-             for row in table.rows] for t in targets for table in t.tables]
+    out = [[plan_row(row, row.scale or scale, row.seeds or _seeds_of(table, seeds), found, composer=composer,
+                     check_data=check_data,
+                     has_cuda=has_cuda, allow_dirty=allow_dirty)
+            for row in table.rows] for t in targets for table in t.tables]
+    for table_plans in out:
+        link_sources(table_plans)
+    return out
 
 
 def _scan_all(runs_dir: Path, records: Path) -> Scan:
@@ -141,20 +144,24 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
     found = _scan_all(runs_dir, records)
     plans = _plans(targets, scale, seeds, found, composer, check_data, has_cuda, allow_dirty)
     if train:
-        jobs_todo = launch.plan_jobs([p for table_plans in plans for p in table_plans], scale, runs_dir,
-                                     jobs=jobs, threads=threads)
-        if jobs_todo and not allow_dirty:
-            _refuse_dirty_training()
-        if jobs_todo:
+        # rows that start from another row's run (init_from_row) launch once that run exists: a
+        # second round makes them after the first made their sources
+        for round_ in range(2):
+            jobs_todo = launch.plan_jobs([p for table_plans in plans for p in table_plans], scale, runs_dir,
+                                         jobs=jobs, threads=threads)
+            if jobs_todo and not allow_dirty:
+                _refuse_dirty_training()
+            if not jobs_todo:
+                if round_ == 0:
+                    print(f"bnnrepro table: nothing to run at scale={scale}: every row that can run here has "
+                          "its seeds (rows pinned to another scale are run at theirs)", file=log, flush=True)
+                break
             total = sum(j.runs for j in jobs_todo)
             print(f"bnnrepro table: {total} run(s) to make or resume, in {len(jobs_todo)} "
                   f"job(s); runs go to {runs_dir}", file=log, flush=True)
-            outcome.launched = launch.run_jobs(jobs_todo, runner, log)
+            outcome.launched += launch.run_jobs(jobs_todo, runner, log)
             found = _scan_all(runs_dir, records)
             plans = _plans(targets, scale, seeds, found, composer, check_data, has_cuda, allow_dirty)
-        else:
-            print(f"bnnrepro table: nothing to run at scale={scale}: every row that can run here has its "
-                  "seeds (rows pinned to another scale are run at theirs)", file=log, flush=True)
     outcome.problems = list(found.problems)
     tables_flat = [(t, table) for t in targets for table in t.tables]
     counted = {run.id for table_plans in plans for plan in table_plans for run in plan.runs.values()}

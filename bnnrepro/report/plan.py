@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable
 from omegaconf import OmegaConf
 
 from ..runs import Run, Scan
-from ..runs.fingerprint import IGNORED, as_trained, differences, fingerprint, flatten  # noqa: F401 (re-exported)
+from ..runs.fingerprint import (IGNORED, INITIALISED, as_trained, differences, fingerprint,  # noqa: F401 (re-exported)
+                                flatten)
 from .targets import Row
 
 
@@ -84,6 +85,8 @@ class RowPlan:
     other_seeds: list[Run] = field(default_factory=list)        # completed, seed not requested
     dirty: list[Run] = field(default_factory=list)              # made on a modified tree: not counted
     allow_dirty: bool = False                                   # counted after all (and marked)
+    # init_from_row: the source row's completed runs by seed (``link_sources``)
+    sources: dict[int, Run] = field(default_factory=dict)
 
     @property
     def missing(self) -> list[int]:
@@ -114,6 +117,8 @@ def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, compose
     plan.config = cfg
     expected_dict = OmegaConf.to_container(cfg, resolve=True)
     expected = fingerprint(expected_dict)
+    if row.init_from_row is not None:  # its runs start from a trained run (train.init_from set)
+        expected["train.init_from"] = INITIALISED
     label = _label(expected_dict)
     for run in sorted(found.completed + found.interrupted, key=lambda r: (r.mtime, r.id), reverse=True):
         if run.scale != scale:
@@ -144,3 +149,20 @@ def plan_row(row: Row, scale: str, seeds: Iterable[int], found: Scan, *, compose
     elif scale in row.needs_gpu_at and not has_cuda():
         plan.blocked, plan.blocked_kind = f"needs a GPU at scale={scale} (no CUDA device here)", "gpu"
     return plan
+
+
+def link_sources(plans: list[RowPlan]) -> None:
+    """Give each ``init_from_row`` plan of one table its source row's completed runs (same scale and
+    seeds); a seed whose source run is missing waits for it (launch makes the source first)."""
+    by_id = {p.row.id: p for p in plans}
+    for plan in plans:
+        source = by_id.get(plan.row.init_from_row) if plan.row.init_from_row else None
+        if source is not None and source.scale == plan.scale:
+            plan.sources = dict(source.runs)
+
+
+def waiting_for_source(plan: RowPlan) -> list[int]:
+    """Missing seeds of an ``init_from_row`` plan whose source run does not exist yet."""
+    if plan.row.init_from_row is None:
+        return []
+    return [s for s in plan.missing if s not in plan.sources]

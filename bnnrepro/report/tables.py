@@ -15,7 +15,7 @@ import pandas as pd
 from . import checks, curves
 from ..runs import Problem, Scan
 from .collect import to_frame
-from .plan import RowPlan
+from .plan import RowPlan, waiting_for_source
 from .targets import PAPER_NAMES, PaperNumber, Row, Table
 
 RECORDS = "runs"  # <out>/runs/<run id>/: the committed record of each run a table counts
@@ -80,6 +80,11 @@ def _status(plan: RowPlan, n: int, paper: str, field: str) -> str:
         parts.append(f"{n} of {len(plan.seeds)} seeds")
     if plan.blocked and n < len(plan.seeds):
         parts.append(plan.blocked)
+    elif waiting_for_source(plan):
+        waiting = waiting_for_source(plan)
+        parts.append(f"seed{'s' if len(waiting) > 1 else ''} {', '.join(map(str, waiting))} start from row "
+                     f"{row.init_from_row}'s run of the same seed, not run yet (`bnnrepro table {paper}` runs "
+                     "both, that one first)")
     elif plan.missing or plan.interrupted:
         pending = sorted(set(plan.missing) | set(plan.interrupted))
         how = (f"`bnnrepro table {paper} scale={plan.scale}` or `bnnrepro train {' '.join(row.overrides)} "

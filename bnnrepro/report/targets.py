@@ -109,6 +109,9 @@ class Row:
     note: str | None = None
     scale: str | None = None            # pinned scale (None: the table command's)
     seeds: tuple[int, ...] | None = None  # pinned seeds (None: the table's or the command's)
+    # the id of the row (same table) whose trained run of the same seed and scale this row starts
+    # from (train.init_from: DoReFa's "initialized from the 32-bit model" rows)
+    init_from_row: str | None = None
 
 
 @dataclass(frozen=True)
@@ -259,8 +262,16 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
     if seeds is not None and (not isinstance(seeds, list) or not seeds
                               or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)):
         raise TargetsError(f"{where}: seeds must be a non-empty list of integers")
+    init_from_row = d.get("init_from_row")
+    if init_from_row is not None and (not isinstance(init_from_row, str) or not overrides):
+        raise TargetsError(f"{where}: init_from_row must be the id of another row of this table, on a row "
+                           "with overrides")
+    if any(o.split("=", 1)[0].lstrip("+~") == "train.init_from" for o in overrides):
+        raise TargetsError(f"{where}: overrides must not set train.init_from (a path of one machine): "
+                           "name the row it starts from with init_from_row")
     return Row(rid, dict(labels), paper, tuple(overrides), not_reproduced,
-               tuple(str(s) for s in gpu), d.get("note"), scale, None if seeds is None else tuple(seeds))
+               tuple(str(s) for s in gpu), d.get("note"), scale, None if seeds is None else tuple(seeds),
+               init_from_row)
 
 
 def _checks(raw: Any, where: str, row_ids: list[str], metric: str = "test_error") -> tuple[Check, ...]:
@@ -363,6 +374,11 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         if dupes:
             raise TargetsError(f"{tw}: duplicate row id(s) {', '.join(dupes)}")
+        runnable = {r.id for r in rows if r.overrides and r.init_from_row is None}
+        for r in rows:
+            if r.init_from_row is not None and r.init_from_row not in runnable:
+                raise TargetsError(f"{tw}: row {r.id}: init_from_row {r.init_from_row!r} is not a row of this table "
+                                   "with overrides (and no init_from_row of its own)")
         tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
                             _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows,
                             t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids, t.get("metric", "test_error"))))

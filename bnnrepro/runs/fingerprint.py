@@ -30,8 +30,16 @@ def _ignored(key: str) -> bool:
     return any(key == p or key.startswith(p + ".") for p in IGNORED)
 
 
+# what a set train.init_from reads as: the path is one machine's, the row says which run it was
+INITIALISED = "<a trained run>"
+
+
 def fingerprint(config: dict) -> dict[str, Any]:
-    return {k: v for k, v in flatten(config).items() if not _ignored(k)}
+    """The keys that decide the result; a set ``train.init_from`` becomes :data:`INITIALISED`."""
+    out = {k: v for k, v in flatten(config).items() if not _ignored(k)}
+    if out.get("train.init_from") is not None:
+        out["train.init_from"] = INITIALISED
+    return out
 
 
 def _same(a, b) -> bool:
