@@ -24,11 +24,19 @@ def _shrink(mp):
 
 @pytest.fixture(scope="module")
 def quick_json(tmp_path_factory):
-    """One tiny `bench --quick --json` run, read back from its JSON file."""
+    """One tiny `bench --quick --json` run, read back from its JSON file. One thread: the two
+    OpenMP pools (numba's, torch's) then cannot spin against each other on a loaded machine."""
+    import numba
+
     path = tmp_path_factory.mktemp("bench") / "bench.json"
-    with pytest.MonkeyPatch.context() as mp:
-        _shrink(mp)
-        code = bench.main(["--quick", "--no-write", "--repeats", "2", "--json", str(path)])
+    threads = torch.get_num_threads(), numba.get_num_threads()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            _shrink(mp)
+            code = bench.main(["--quick", "--no-write", "--repeats", "2", "--threads", "1", "--json", str(path)])
+    finally:
+        torch.set_num_threads(threads[0])
+        numba.set_num_threads(threads[1])
     return code, json.loads(path.read_text())
 
 
@@ -49,6 +57,8 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
         assert (r["torch_bf16_ms"] is not None) == bf16_here, r["case"]
         assert r["torch_int8_ms"] is not None, r  # x86/fbgemm/onednn quantized linear and conv exist in CPU torch
         assert set(r["null_reasons"]) == {p for p in bench.TORCH_PATHS if r[f"torch_{p}_ms"] is None}
+        assert r["torch_fp32_peak_fraction"] == pytest.approx(r["torch_fp32_gops"] / result["matmul_peak_gflops"]["fp32"])
+        assert r["peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
     mm = result["matmul_peak_gflops"]
     assert isinstance(mm["fp32"], float) and mm["fp32"] > 0
     assert (mm["bf16"] is not None) == bf16_here

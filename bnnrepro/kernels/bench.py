@@ -268,7 +268,8 @@ def compile_times() -> dict:
 COLUMNS = ["case", "packed_ms", "packed_iqr_ms", "packed_min_ms", "torch_ms", "torch_iqr_ms", "torch_min_ms",
            "torch_bf16_ms", "torch_bf16_iqr_ms", "torch_int8_ms", "torch_int8_iqr_ms", "fastest_torch",
            "speedup_vs_fastest", "speedup", "speedup_best", "packed_gops",
-           "torch_gflops", "torch_bf16_gops", "torch_int8_gops", "peak_fraction", "check", "model_eval_ms",
+           "torch_gflops", "torch_bf16_gops", "torch_int8_gops", "peak_fraction", "torch_fp32_peak_fraction",
+           "torch_bf16_peak_fraction", "check", "model_eval_ms",
            "speedup_vs_model_eval", "repeats", "packed_path"]
 
 
@@ -314,6 +315,8 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         _peak_line(result),
         f"- torch bf16: {_baseline_line(result['baselines']['bf16'], 'hardware')}; int8: "
         f"{_baseline_line(result['baselines']['int8'], 'engine')}",
+        f"- torch paths: fp32 as is; bf16 = fp32 inputs under torch.autocast (CPU, bfloat16), weights in bf16 "
+        f"once beforehand; int8 = {result['baselines']['int8']['method']} (the fastest engine of this build)",
     ]
     if "compile" in result:
         c = result["compile"]
@@ -333,9 +336,10 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         lines += ["", "n/a: " + "; ".join(nulls)]
     models_ = [r for r in rows if "model_eval_ms" in r]
     if models_:
-        lines += ["", "Whole models: *torch fp32 ms* above is the float model with its +-1 weights precomputed "
-                  "(plain nn.Linear/nn.Conv2d); the trained model's own eval, which re-binarizes its latent "
-                  "weights on every call, is slower:", "",
+        lines += ["", "Whole models: the torch columns above run the float model with its +-1 weights precomputed "
+                  "(plain nn.Linear/nn.Conv2d; for bf16 those weights in bf16, for int8 its linear layers "
+                  "dynamically quantized and its convs statically); the trained model's own eval, which "
+                  "re-binarizes its latent weights on every call, is slower:", "",
                   "| case | model eval ms | packed speedup over it |", "|---|---:|---:|"]
         for r in models_:
             lines.append(f"| {r['case']} | {r['model_eval_ms']:.2f} ({r['model_eval_iqr_ms']:.2f}) | "
@@ -377,6 +381,9 @@ def run(quick: bool = False, repeats: int | None = None, with_compile: bool = Tr
     matmul = {k: None if v is None else max(v, matmul[k]) for k, v in _matmul_peaks(baselines).items()}
     for r in rows:
         r["peak_fraction"] = r["packed_gops"] * 1e9 / peak
+        for path in ("fp32", "bf16"):  # torch's op rate against its own matmul peak in that dtype
+            rate, ceiling = r[f"torch_{path}_gops"], matmul[path]
+            r[f"torch_{path}_peak_fraction"] = None if rate is None or ceiling is None else rate / ceiling
         r["check"] = ("bit-exact" if r["bit_exact"] else "identical predictions" if r.get("identical_predictions")
                       else "MISMATCH")
     result = {"rows": rows, "peak_tops": peak / 1e12, "matmul_peak_gflops": matmul,
