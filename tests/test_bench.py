@@ -3,6 +3,7 @@ where a path does not exist, and ratios that come from the timings (shapes shrun
 from __future__ import annotations
 
 import json
+import platform
 
 import numpy as np
 import pytest
@@ -55,7 +56,7 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
         assert r["fastest_torch"] in ("fp32", "bf16", "int8")
         assert r["torch_fp32_ms"] == r["torch_ms"]
         assert (r["torch_bf16_ms"] is not None) == bf16_here, r["case"]
-        assert r["torch_int8_ms"] is not None, r  # x86/fbgemm/onednn quantized linear and conv exist in CPU torch
+        assert (r["torch_int8_ms"] is not None) == (result["baselines"]["int8"]["engine"] is not None), r
         assert set(r["null_reasons"]) == {p for p in bench.TORCH_PATHS if r[f"torch_{p}_ms"] is None}
         assert r["torch_fp32_peak_fraction"] == pytest.approx(r["torch_fp32_gops"] / result["matmul_peak_gflops"]["fp32"])
         assert r["peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
@@ -63,7 +64,8 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
     assert isinstance(mm["fp32"], float) and mm["fp32"] > 0
     assert (mm["bf16"] is not None) == bf16_here
     assert result["peak_tops"] > 0 and result["matmul_peak_n"] == 128
-    assert result["baselines"]["int8"]["engine"] in baselines.INT8_ENGINES
+    if platform.machine() in ("x86_64", "AMD64"):  # CPU torch on x86 ships fbgemm and oneDNN
+        assert result["baselines"]["int8"]["engine"] in baselines.INT8_ENGINES
 
 
 def test_ratios_come_from_the_timings(quick_json):
@@ -138,3 +140,17 @@ def test_int8_and_bf16_paths_compute_the_same_layers_as_fp32():
         got = fn()
         assert got.dtype == torch.bfloat16
         torch.testing.assert_close(got.float(), F.linear(x.sign(), w), rtol=0.01, atol=1.0)
+
+
+def test_an_int8_layer_torch_cannot_build_here_is_null_with_the_reason(monkeypatch):
+    _shrink(monkeypatch)
+    b = baselines.Baselines()
+
+    def no_quantized_conv(model, calibrate):
+        raise NotImplementedError("quantized::conv2d is not implemented for this engine")
+
+    monkeypatch.setattr(baselines, "_static_int8_convs", no_quantized_conv)
+    row = bench.bench_conv(1, 64, 64, 4, 2, np.random.default_rng(0), b)
+    assert row["torch_int8_ms"] is None and row["torch_int8_gops"] is None
+    assert row["null_reasons"]["int8"] == "NotImplementedError: quantized::conv2d is not implemented for this engine"
+    assert row["fastest_torch"] in ("fp32", "bf16") and row["bit_exact"]
