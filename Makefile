@@ -17,7 +17,7 @@ help:
 	@echo "make test    the default test suite (slow tests excluded)"
 	@echo "make test-all  every test, slow ones included"
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
-	@echo "make bench   bit-packed kernel benchmarks vs torch float32 -> results/kernels.md"
+	@echo "make bench   bit-packed kernel benchmarks vs torch fp32, bf16, int8 -> results/kernels.md"
 	@echo "make bench-train  a training step of each protocol vs a float net -> results/train_speed.md"
 	@echo "make study-merolla   Merolla et al. robustness study on MNIST and Fashion-MNIST (bnnrepro table merolla_study: 36 nets + sweeps)"
 	@echo "make bitflip-packed  bit errors in the packed weight bits of BNN MNIST nets (bnnrepro table bitflip_packed)"

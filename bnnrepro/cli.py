@@ -21,7 +21,7 @@ COMMANDS = {
     "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [--engine packed] [--split val]",
     "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> [--out model.bnn]",
     "compare": "run torch and the packed engine layer by layer, name the first layer that differs",
-    "bench": "benchmark packed binary kernels against torch float32 (--quick, --json FILE, --out DIR)",
+    "bench": "benchmark packed binary kernels against torch fp32, bf16 and int8 (--quick, --json FILE, --out DIR)",
     "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive <run> ...",
     "table": "paper-vs-reproduced tables from finished runs: bnnrepro table <paper> [scale=quick]",
     "summary": "bit-aware model summary: bnnrepro summary <run> | bnnrepro summary +paper=bnn",

@@ -229,7 +229,7 @@ def compare_parser() -> Parser:
     return p
 
 
-def bench_parser(description: str = "Benchmark the packed binary kernels against torch float32.") -> Parser:
+def bench_parser(description: str = "Benchmark the packed binary kernels against torch fp32, bf16 and int8.") -> Parser:
     p = Parser("bench", description, overrides=("runs_dir",))
     p.add_argument("--quick", action="store_true", help="fewer shapes, smaller batches, fewer repeats")
     p.add_argument("--repeats", type=positive_int, help="repeats per case (default 20 layers / 10 models; quick 5/3)")

@@ -1,11 +1,13 @@
-"""``bnnrepro bench``: packed binary kernels against torch float32 on the same shapes, one process.
+"""``bnnrepro bench``: packed binary kernels against torch fp32, bf16 and int8 on the same shapes, one process.
 
-Every case times the packed path and torch in alternating blocks of calls (so a load change on a
-shared machine hits both), after warm-up, and reports the median (and IQR, and best) of the
-repeats. GOP/s counts a binary
-multiply-accumulate as 2 ops, like a float FMA. The XOR+popcount peak is measured in the same run
-by an in-register loop on every thread (``peak``), so "fraction of peak" is relative to what this
-machine delivered at that moment.
+Every case times the packed path and each torch path (fp32; bf16 and int8 where this CPU has them,
+see :mod:`.baselines`) in alternating blocks of calls (so a load change on a shared machine hits
+all of them), after warm-up, and reports the median (and IQR, and best) of the repeats; the
+packed path is compared with the fastest of the torch paths as well as with fp32. GOP/s counts a
+binary multiply-accumulate as 2 ops, like a float FMA. The XOR+popcount peak is measured in the
+same run by an in-register loop on every thread (``peak``), so "fraction of peak" is relative to
+what this machine delivered at that moment; so are torch's fp32 and bf16 matmul peaks, the
+ceilings of the torch figures.
 """
 from __future__ import annotations
 
@@ -23,8 +25,20 @@ import torch
 import torch.nn.functional as F
 
 from ..timing import environment, timed
+from . import baselines as baselines_module
+from .baselines import Baselines, matmul_peak
 
 PEAK_REPS = 4096  # x 8192 words per thread per peak measurement
+TORCH_PATHS = ("fp32", "bf16", "int8")
+# the cases of a full and a --quick run: FC M values at K x N, conv channels in/out and size, the
+# conv batches, the models' batches, the MLP's hidden width and bnn_convnet's arguments (the paper's
+# widths when empty)
+SHAPES = {
+    "full": dict(fc_m=(1, 16, 64, 256), fc_k=4096, fc_n=4096, conv=(128, 128, 32), conv_batches=(1, 64),
+                 mlp_batch=256, mlp_hidden=4096, convnet_batch=64, convnet={}),
+    "quick": dict(fc_m=(1, 64), fc_k=4096, fc_n=4096, conv=(128, 128, 32), conv_batches=(1, 8),
+                  mlp_batch=64, mlp_hidden=4096, convnet_batch=8, convnet={}),
+}
 
 
 def measure_peak(repeats: int = 10) -> float:
@@ -51,7 +65,7 @@ def _pm1(rng, shape) -> np.ndarray:
     return np.where(rng.random(shape) < 0.5, -1.0, 1.0).astype(np.float32)
 
 
-def bench_fc(m: int, k: int, n: int, repeats: int, rng) -> dict:
+def bench_fc(m: int, k: int, n: int, repeats: int, rng, baselines: Baselines) -> dict:
     from .bitpack import pack_rows
     from .gemm import DenseWeights, bgemm
 
@@ -61,12 +75,25 @@ def bench_fc(m: int, k: int, n: int, repeats: int, rng) -> dict:
     out = np.empty((m, W.npad), np.int32)
     at, wt = torch.from_numpy(a), torch.from_numpy(w)
     ok = bool(np.array_equal(bgemm(ab, W, out), F.linear(at, wt).numpy()))
+    paths = {"fp32": (lambda: F.linear(at, wt), None), "bf16": baselines.bf16_linear(at, wt),
+             "int8": baselines.int8_linear(at, wt)}
     with torch.no_grad():
-        tp, tt = timed([lambda: bgemm(ab, W, out), lambda: F.linear(at, wt)], repeats)
-    return _row(f"FC {m}x{k}->{n}", "gemm (input packed, weights pre-packed)", 2.0 * m * n * k, tp, tt, ok)
+        tp, times = _timed_paths(lambda: bgemm(ab, W, out), paths, repeats)
+    return _row(f"FC {m}x{k}->{n}", "gemm (input packed, weights pre-packed)", 2.0 * m * n * k, tp, times, ok)
 
 
-def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, fused: bool = False) -> dict:
+def _timed_paths(packed, paths: dict, repeats: int, extra=()) -> tuple:
+    """``timed`` over the packed call, the torch paths that exist (``paths``: name -> (fn or None,
+    why)) and ``extra`` calls, interleaved: (packed stats, {name: (stats or None, why)}, extra stats)."""
+    names = [p for p in TORCH_PATHS if paths[p][0] is not None]
+    stats = timed([packed] + [paths[p][0] for p in names] + list(extra), repeats)
+    got = dict(zip(names, stats[1:]))
+    times = {p: (got.get(p), paths[p][1]) for p in TORCH_PATHS}
+    return (stats[0], times, *stats[1 + len(names):])
+
+
+def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, baselines: Baselines,
+               fused: bool = False) -> dict:
     """``fused=False``: pack the float +-1 input, convolve, int32 NHWC pre-activations out (the
     same information torch's conv2d returns). ``fused=True``: the layer as the engine runs it,
     pack + conv + sign threshold (T = 0 here; folded BN thresholds cost the same) -> packed bits
@@ -100,10 +127,12 @@ def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, fused: bo
 
         ok = bool(np.array_equal(packed(), want.permute(0, 2, 3, 1).numpy()))
         what = "pack NCHW float + conv, int32 NHWC out"
+    paths = {"fp32": (lambda: F.conv2d(xt, wt, padding=1), None), "bf16": baselines.bf16_conv(xt, wt, 1),
+             "int8": baselines.int8_conv(xt, wt, 1)}
     with torch.no_grad():
-        tp, tt = timed([packed, lambda: F.conv2d(xt, wt, padding=1)], repeats)
+        tp, times = _timed_paths(packed, paths, repeats)
     label = f"conv {c}->{o} 3x3 {hw}x{hw} batch {batch}" + (" +sign->bits" if fused else "")
-    return _row(label, what, 2.0 * batch * hw * hw * o * c * 9, tp, tt, ok)
+    return _row(label, what, 2.0 * batch * hw * hw * o * c * 9, tp, times, ok)
 
 
 def _random_bn(model, seed: int = 0):
@@ -118,7 +147,7 @@ def _random_bn(model, seed: int = 0):
     return model.eval()
 
 
-def bench_model(name: str, batch: int, repeats: int, rng, **kwargs) -> dict:
+def bench_model(name: str, batch: int, repeats: int, rng, baselines: Baselines, **kwargs) -> dict:
     from .. import models
     from .engine import PackedModel
 
@@ -131,18 +160,27 @@ def bench_model(name: str, batch: int, repeats: int, rng, **kwargs) -> dict:
 
     frozen = frozen_float_copy(model)
 
+    def call(m):
+        return m(x.to(torch.float32).mul(2.0 / 255.0).sub(1.0))
+
     def float_path(m):
-        return lambda: m(x.to(torch.float32).mul(2.0 / 255.0).sub(1.0))
+        return lambda: call(m)
 
     with torch.no_grad():
-        want = float_path(model)()
-        ok = bool(torch.equal(packed.forward(xn).argmax(1), want.argmax(1)))
-        ok = ok and bool(torch.equal(float_path(frozen)(), want))
-        tp, tf, tt = timed([lambda: packed.forward(xn), float_path(frozen), float_path(model)], repeats)
+        want = call(model)
+        logits = packed.forward(xn)
+        same_frozen = bool(torch.equal(call(frozen), want))
+        ok = same_frozen and bool(torch.equal(logits, want))
+        same_predictions = same_frozen and bool(torch.equal(logits.argmax(1), want.argmax(1)))
+        paths = {"fp32": (float_path(frozen), None), "bf16": baselines.bf16_model(frozen, call),
+                 "int8": baselines.int8_model(frozen, call)}
+        tp, times, tt = _timed_paths(lambda: packed.forward(xn), paths, repeats, extra=[float_path(model)])
     macs = _model_macs(model, shape)
-    label = "BNN MLP 3x4096 (MNIST)" if name == "mlp" else "BNN ConvNet (CIFAR-10 shape)"
+    label = (f"BNN MLP 3x{kwargs['hidden'][0]} (MNIST)" if name == "mlp" else "BNN ConvNet (CIFAR-10 shape"
+             + (f", channels {kwargs['channels']}" if "channels" in kwargs else "") + ")")
     row = _row(f"{label} batch {batch}", "whole model from uint8 pixels (random weights)", 2.0 * macs * batch,
-               tp, tf, ok, predictions=True)
+               tp, times, ok)
+    row["identical_predictions"] = same_predictions
     row.update(model_eval_ms=1e3 * tt["median_s"], model_eval_iqr_ms=1e3 * tt["iqr_s"],
                speedup_vs_model_eval=tt["median_s"] / tp["median_s"])
     return row
@@ -187,14 +225,28 @@ def _model_macs(model, shape) -> int:
     return int(sum(macs))
 
 
-def _row(case, what, ops, tp, tt, ok, predictions=False) -> dict:
-    return {"case": case, "packed_path": what, "ops": ops,
-            "packed_ms": 1e3 * tp["median_s"], "packed_iqr_ms": 1e3 * tp["iqr_s"], "packed_min_ms": 1e3 * tp["min_s"],
-            "torch_ms": 1e3 * tt["median_s"], "torch_iqr_ms": 1e3 * tt["iqr_s"], "torch_min_ms": 1e3 * tt["min_s"],
-            "packed_gops": ops / tp["median_s"] / 1e9, "torch_gflops": ops / tt["median_s"] / 1e9,
-            "speedup": tt["median_s"] / tp["median_s"], "speedup_best": tt["min_s"] / tp["min_s"],
-            "repeats": tp["n"],
-            ("identical_predictions" if predictions else "bit_exact"): ok}
+def _row(case, what, ops, tp, times: dict, ok) -> dict:
+    """One case's figures. ``times``: torch path -> (timing stats or None, why it is None); fp32
+    always has stats. ``torch_ms``/``speedup`` (fp32) are kept as the earlier reports named them."""
+    tt = times["fp32"][0]
+    row = {"case": case, "packed_path": what, "ops": ops,
+           "packed_ms": 1e3 * tp["median_s"], "packed_iqr_ms": 1e3 * tp["iqr_s"], "packed_min_ms": 1e3 * tp["min_s"],
+           "torch_ms": 1e3 * tt["median_s"], "torch_iqr_ms": 1e3 * tt["iqr_s"], "torch_min_ms": 1e3 * tt["min_s"],
+           "packed_gops": ops / tp["median_s"] / 1e9, "torch_gflops": ops / tt["median_s"] / 1e9,
+           "speedup": tt["median_s"] / tp["median_s"], "speedup_best": tt["min_s"] / tp["min_s"],
+           "repeats": tp["n"], "bit_exact": ok, "null_reasons": {}}
+    for path in TORCH_PATHS:
+        stats, why = times[path]
+        row[f"torch_{path}_ms"] = None if stats is None else 1e3 * stats["median_s"]
+        row[f"torch_{path}_iqr_ms"] = None if stats is None else 1e3 * stats["iqr_s"]
+        row[f"torch_{path}_gops"] = None if stats is None else ops / stats["median_s"] / 1e9
+        if stats is None:
+            row["null_reasons"][path] = why
+    timed_paths = [p for p in TORCH_PATHS if row[f"torch_{p}_ms"] is not None]
+    fastest = min(timed_paths, key=lambda p: row[f"torch_{p}_ms"])
+    row["fastest_torch"] = fastest
+    row["speedup_vs_fastest"] = row[f"torch_{fastest}_ms"] / row["packed_ms"]
+    return row
 
 
 def compile_times() -> dict:
@@ -214,9 +266,28 @@ def compile_times() -> dict:
 # ---------------------------------------------------------------- report
 
 COLUMNS = ["case", "packed_ms", "packed_iqr_ms", "packed_min_ms", "torch_ms", "torch_iqr_ms", "torch_min_ms",
-           "speedup", "speedup_best", "packed_gops",
-           "torch_gflops", "peak_fraction", "check", "model_eval_ms", "speedup_vs_model_eval", "repeats",
-           "packed_path"]
+           "torch_bf16_ms", "torch_bf16_iqr_ms", "torch_int8_ms", "torch_int8_iqr_ms", "fastest_torch",
+           "speedup_vs_fastest", "speedup", "speedup_best", "packed_gops",
+           "torch_gflops", "torch_bf16_gops", "torch_int8_gops", "peak_fraction", "torch_fp32_peak_fraction",
+           "torch_bf16_peak_fraction", "check", "model_eval_ms",
+           "speedup_vs_model_eval", "repeats", "packed_path"]
+
+
+def _ms(value, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _peak_line(result: dict) -> str:
+    """The machine's ceilings measured in this run, one line (a path it has not: n/a and why)."""
+    mm, n = result["matmul_peak_gflops"], result["matmul_peak_n"]
+    bf16 = (f"{mm['bf16']:.0f} GFLOP/s" if mm["bf16"] is not None
+            else f"n/a ({result['baselines']['bf16']['null_reason']})")
+    return (f"- peaks measured in this run: XOR+popcount {result['peak_tops']:.2f} TOPS (in-register loop on "
+            f"every thread); torch matmul {n}x{n}x{n} fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {bf16}")
+
+
+def _baseline_line(info: dict, key: str) -> str:
+    return f"n/a ({info['null_reason']})" if info["null_reason"] else f"{key} {info[key]}"
 
 
 def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
@@ -229,12 +300,11 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         for r in rows:
             wr.writerow({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in r.items()})
     env = result["environment"]
-    peak = result["peak_tops"]
     lines = [
-        "# Packed binary kernels vs torch float32 (CPU)",
+        "# Packed binary kernels vs torch fp32, bf16 and int8 (CPU)",
         "",
         f"Generated by `{result['command']}` on {result['date']}. Median of {result['repeats']} repeats "
-        "(alternating blocks of 5 after warm-up), both paths in one process; IQR in parentheses. GOP/s "
+        "(alternating blocks of 5 after warm-up), all paths in one process; IQR in parentheses. GOP/s "
         "counts a binary multiply-accumulate as 2 ops.",
         "",
         f"- CPU: {env['cpu']} (LLVM: {env['llvm_cpu']}); flags: "
@@ -242,24 +312,34 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         f"- threads: numba {env['numba_threads']} ({env['numba_threading_layer']} layer), torch "
         f"{env['torch_threads']}; torch {env['torch']}, numba {env['numba']}, numpy {env['numpy']}",
         f"- load average when the run ended: {env['loadavg']}",
-        f"- XOR+popcount peak measured in this run: {peak:.2f} TOPS (in-register loop on every thread)",
+        _peak_line(result),
+        f"- torch bf16: {_baseline_line(result['baselines']['bf16'], 'hardware')}; int8: "
+        f"{_baseline_line(result['baselines']['int8'], 'engine')}",
+        f"- torch paths: fp32 as is; bf16 = fp32 inputs under torch.autocast (CPU, bfloat16), weights in bf16 "
+        f"once beforehand; int8 = {result['baselines']['int8']['method']} (the fastest engine of this build)",
     ]
     if "compile" in result:
         c = result["compile"]
         lines.append(f"- numba compile, fresh process: first use {c['first_use_s']:.1f} s, "
                      f"cached {c['cached_s']:.1f} s")
-    lines += ["", "| case | packed ms | torch fp32 ms | speedup | speedup of best times | packed GOP/s "
-                  "| torch GFLOP/s | % of popcount peak | check |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    lines += ["", "| case | packed ms | torch fp32 ms | torch bf16 ms | torch int8 ms | fastest torch "
+                  "| packed vs fastest | packed vs fp32 | vs fp32, best times | packed GOP/s | torch fp32 GFLOP/s "
+                  "| % of popcount peak | check |", "|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         lines.append(f"| {r['case']} | {r['packed_ms']:.3f} ({r['packed_iqr_ms']:.3f}) | {r['torch_ms']:.2f} "
-                     f"({r['torch_iqr_ms']:.2f}) | {r['speedup']:.1f}x | {r['speedup_best']:.1f}x | "
-                     f"{r['packed_gops']:.0f} | {r['torch_gflops']:.0f} | {100 * r['peak_fraction']:.0f}% | "
-                     f"{r['check']} |")
+                     f"({r['torch_iqr_ms']:.2f}) | {_ms(r['torch_bf16_ms'])} | {_ms(r['torch_int8_ms'])} | "
+                     f"{r['fastest_torch']} | {r['speedup_vs_fastest']:.1f}x | {r['speedup']:.1f}x | "
+                     f"{r['speedup_best']:.1f}x | {r['packed_gops']:.0f} | {r['torch_gflops']:.0f} | "
+                     f"{100 * r['peak_fraction']:.0f}% | {r['check']} |")
+    nulls = sorted({f"{path}: {why}" for r in rows for path, why in r["null_reasons"].items()})
+    if nulls:
+        lines += ["", "n/a: " + "; ".join(nulls)]
     models_ = [r for r in rows if "model_eval_ms" in r]
     if models_:
-        lines += ["", "Whole models: *torch fp32 ms* above is the float model with its +-1 weights precomputed "
-                  "(plain nn.Linear/nn.Conv2d); the trained model's own eval, which re-binarizes its latent "
-                  "weights on every call, is slower:", "",
+        lines += ["", "Whole models: the torch columns above run the float model with its +-1 weights precomputed "
+                  "(plain nn.Linear/nn.Conv2d; for bf16 those weights in bf16, for int8 its linear layers "
+                  "dynamically quantized and its convs statically); the trained model's own eval, which "
+                  "re-binarizes its latent weights on every call, is slower:", "",
                   "| case | model eval ms | packed speedup over it |", "|---|---:|---:|"]
         for r in models_:
             lines.append(f"| {r['case']} | {r['model_eval_ms']:.2f} ({r['model_eval_iqr_ms']:.2f}) | "
@@ -272,29 +352,43 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
     return md_path, csv_path
 
 
+def _matmul_peaks(baselines: Baselines) -> dict:
+    return {"fp32": matmul_peak(torch.float32),
+            "bf16": None if baselines.bf16_reason else matmul_peak(torch.bfloat16)}
+
+
 def run(quick: bool = False, repeats: int | None = None, with_compile: bool = True) -> dict:
     rng = np.random.default_rng(0)
     reps = repeats or (5 if quick else 20)
     mreps = repeats or (3 if quick else 10)
+    shapes = SHAPES["quick" if quick else "full"]
     t0 = time.perf_counter()
     from . import warmup
 
     warmup(references=True)
-    peak = measure_peak()
+    baselines = Baselines()
+    peak, matmul = measure_peak(), _matmul_peaks(baselines)
     rows = []
-    for m in ((1, 64) if quick else (1, 16, 64, 256)):
-        rows.append(bench_fc(m, 4096, 4096, reps, rng))
-    for b in ((1, 8) if quick else (1, 64)):
+    for m in shapes["fc_m"]:
+        rows.append(bench_fc(m, shapes["fc_k"], shapes["fc_n"], reps, rng, baselines))
+    for b in shapes["conv_batches"]:
         for fused in (False, True):
-            rows.append(bench_conv(b, 128, 128, 32, reps if b == 1 else mreps, rng, fused))
-    rows.append(bench_model("mlp", 64 if quick else 256, mreps, rng, hidden=(4096,) * 3))
-    rows.append(bench_model("bnn_convnet", 8 if quick else 64, mreps, rng))
-    peak = max(peak, measure_peak())  # again at the end: the best of both, in case of a busy moment
+            rows.append(bench_conv(b, *shapes["conv"], reps if b == 1 else mreps, rng, baselines, fused))
+    rows.append(bench_model("mlp", shapes["mlp_batch"], mreps, rng, baselines, hidden=(shapes["mlp_hidden"],) * 3))
+    rows.append(bench_model("bnn_convnet", shapes["convnet_batch"], mreps, rng, baselines, **shapes["convnet"]))
+    # again at the end: the best of both, in case of a busy moment
+    peak = max(peak, measure_peak())
+    matmul = {k: None if v is None else max(v, matmul[k]) for k, v in _matmul_peaks(baselines).items()}
     for r in rows:
         r["peak_fraction"] = r["packed_gops"] * 1e9 / peak
-        r["check"] = ("identical predictions" if r.get("identical_predictions") else
-                      "bit-exact" if r.get("bit_exact") else "MISMATCH")
-    result = {"rows": rows, "peak_tops": peak / 1e12, "environment": environment(), "repeats": reps,
+        for path in ("fp32", "bf16"):  # torch's op rate against its own matmul peak in that dtype
+            rate, ceiling = r[f"torch_{path}_gops"], matmul[path]
+            r[f"torch_{path}_peak_fraction"] = None if rate is None or ceiling is None else rate / ceiling
+        r["check"] = ("bit-exact" if r["bit_exact"] else "identical predictions" if r.get("identical_predictions")
+                      else "MISMATCH")
+    result = {"rows": rows, "peak_tops": peak / 1e12, "matmul_peak_gflops": matmul,
+              "matmul_peak_n": baselines_module.MATMUL_N, "baselines": baselines.describe(),
+              "environment": environment(), "repeats": reps,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
     if with_compile and not quick:
         result["compile"] = compile_times()
@@ -319,10 +413,15 @@ def main(argv: list[str]) -> int:
     for r in result["rows"]:
         extra = (f"  (model eval {r['model_eval_ms']:.1f} ms: {r['speedup_vs_model_eval']:.1f}x)"
                  if "model_eval_ms" in r else "")
-        print(f"{r['case']:<44} packed {r['packed_ms']:9.3f} ms  torch {r['torch_ms']:9.2f} ms  "
-              f"{r['speedup']:6.1f}x  {r['packed_gops']:7.0f} GOP/s  {100 * r['peak_fraction']:4.0f}% peak  "
-              f"{r['check']}{extra}")
-    print(f"popcount peak {result['peak_tops']:.2f} TOPS; threads numba {result['environment']['numba_threads']} "
+        print(f"{r['case']:<44} packed {r['packed_ms']:9.3f} ms  torch fp32 {r['torch_ms']:9.2f}  "
+              f"bf16 {_ms(r['torch_bf16_ms']):>8}  int8 {_ms(r['torch_int8_ms']):>8} ms  "
+              f"{r['speedup']:6.1f}x fp32  {r['speedup_vs_fastest']:6.1f}x {r['fastest_torch']:<4}  "
+              f"{r['packed_gops']:7.0f} GOP/s  {100 * r['peak_fraction']:4.0f}% peak  {r['check']}{extra}")
+    mm, b = result["matmul_peak_gflops"], result["baselines"]
+    print(f"peaks: popcount {result['peak_tops']:.2f} TOPS; torch matmul fp32 {mm['fp32']:.0f} GFLOP/s, bf16 "
+          + (f"{mm['bf16']:.0f} GFLOP/s" if mm["bf16"] is not None else f"n/a ({b['bf16']['null_reason']})")
+          + f"; int8 engine {b['int8']['engine'] or 'n/a (' + b['int8']['null_reason'] + ')'}")
+    print(f"threads numba {result['environment']['numba_threads']} "
           f"({result['environment']['numba_threading_layer']}), torch {result['environment']['torch_threads']}")
     if "compile" in result:
         c = result["compile"]
