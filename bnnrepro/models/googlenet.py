@@ -65,7 +65,8 @@ class Inception(nn.Module):
 
 class AuxiliaryHead(nn.Module):
     """An auxiliary classifier tapped off the main path: the identity on its input; in training mode
-    it also runs ``head`` and keeps the logits in ``.logits`` (None in eval mode)."""
+    it also runs ``head`` and keeps the logits in ``.logits`` (None in eval mode). The bit-aware
+    summary lists a head as one stage (its parameters counted as float)."""
 
     def __init__(self, head: nn.Sequential):
         super().__init__()
