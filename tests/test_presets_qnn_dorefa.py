@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 TARGETS = REPO / "bnnrepro" / "report" / "targets"  # the papers' tables, rows as presets + overrides
 TRAINABLE = ["+paper=qnn", "+paper=dorefa"] + [f"+experiment={e}" for e in (
     "dorefa_svhn_A", "dorefa_svhn_B", "dorefa_svhn_C", "dorefa_svhn_D", "dorefa_alexnet", "dorefa_mnist_mlp",
-    "qnn_mnist_mlp", "qnn_mnist_theano", "qnn_alexnet")]
+    "qnn_mnist_mlp", "qnn_mnist_theano", "qnn_alexnet", "qnn_googlenet")]
 LM_MESSAGE = r"model lstm_lm needs the language-model loop, not implemented yet"
 
 
@@ -287,7 +287,7 @@ def test_every_rows_preset_runs_on_mnist_here():
     rows run here at small scale (the rows differ from their preset only in bit widths)."""
     presets = {(table, row["overrides"][0]) for paper in ("qnn", "dorefa") for table, row in _table_rows(paper)
                if row.get("overrides") and "bnn_" not in row["overrides"][0]}
-    assert len({p for _, p in presets}) == 7
+    assert len({p for _, p in presets}) == 8
     for table, preset in sorted(presets):
         validate(compose(here(preset)))
 

@@ -13,12 +13,14 @@ import torch.nn as nn
 from .alexnet import binary_alexnet, dorefa_alexnet
 from .bnn_convnet import bnn_convnet
 from .dorefa_svhn import dorefa_svhn
+from .googlenet import Inception, googlenet
 from .lstm_lm import lstm_lm
 from .mlp import mlp
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp, "bnn_convnet": bnn_convnet, "dorefa_svhn": dorefa_svhn, "dorefa_alexnet": dorefa_alexnet,
-    "binary_alexnet": binary_alexnet, "lstm_lm": lstm_lm,  # lstm_lm is not Sequential: (T, B) tokens in
+    "binary_alexnet": binary_alexnet, "googlenet": googlenet,
+    "lstm_lm": lstm_lm,  # lstm_lm is not Sequential: (T, B) tokens in
 }
 
 # models whose layers have no gradient quantizer: their scheme's gradient role must be the identity
@@ -40,12 +42,22 @@ def build(name: str, *, input_shape: tuple[int, ...], num_classes: int, **kwargs
     return factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
 
 
-def stages(model: nn.Module, prefix: str = "") -> list[tuple[str, nn.Module]]:
+def stages(model: nn.Module, prefix: str = "", branches: bool = False) -> list[tuple[str, nn.Module]]:
     """The model's stages in order, nested Sequential containers flattened; ``(name, module)``.
-    The packed engine and the bit-aware summary both walk a model through this."""
+    The packed engine and the bit-aware summary both walk a model through this.
+
+    An :class:`Inception` block (parallel branches) is one stage, unless ``branches``: then its
+    branches' stages follow one another, branch by branch (names ``<block>.branches.<i>.<j>``, as
+    in ``named_modules``). Only a walker that knows they are parallel (the summary) asks for that;
+    the packed engine, which reads the list as a chain, sees the block and refuses it."""
     if isinstance(model, nn.Sequential):
         out = []
         for name, child in model.named_children():
-            out += stages(child, f"{prefix}{name}.")
+            out += stages(child, f"{prefix}{name}.", branches)
+        return out
+    if branches and isinstance(model, Inception):
+        out = []
+        for i, branch in enumerate(model.branches):
+            out += stages(branch, f"{prefix}branches.{i}.", branches)
         return out
     return [(prefix[:-1] or type(model).__name__, model)]

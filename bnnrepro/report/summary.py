@@ -9,7 +9,8 @@ Conventions (larq's where it has one):
 * a layer's *input bits* are its ``input_quantizer``'s precision when that quantizes, else the
   precision of the last activation quantizer before it (max-pooling, dropout, flatten and padding
   keep it; anything else, e.g. BatchNorm, makes it float). The network input counts as float
-  (32): the models see pixels scaled to [-1, 1];
+  (32): the models see pixels scaled to [-1, 1]. An inception block's branches are listed one after
+  another, each starting from the block's input bits;
 * *weight bits*: the ``weight_quantizer``'s precision; biases and BatchNorm parameters are float32;
 * a MAC's precision is the larger of its input's and its weight's bits; a conv layer does
   ``weight.numel() * H_out * W_out`` MACs per sample, a dense layer ``weight.numel()``;
@@ -27,7 +28,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ..models import stages
+from ..models import Inception, stages
 
 KEEPS_BITS = (nn.MaxPool2d, nn.Dropout, nn.Flatten, nn.ConstantPad2d, nn.ZeroPad2d, nn.Identity)
 FLOAT = 32
@@ -145,14 +146,30 @@ def _output_shapes(model: nn.Module, layers, input_shape) -> tuple[dict, str | N
         model.train(was_training)
 
 
+def _branch_starts(model: nn.Module) -> dict[int, int]:
+    """id of the first stage of each parallel branch (an Inception block's) -> the branch's index:
+    every branch starts from the block's input, so from the bits the block's input had."""
+    starts = {}
+    for block in model.modules():
+        if isinstance(block, Inception):
+            for i, branch in enumerate(block.branches):
+                starts[id(stages(branch, branches=True)[0][1])] = i
+    return starts
+
+
 def profile(model: nn.Module, input_shape: tuple, title: str = "") -> ModelSummary:
-    layers = stages(model)
+    layers = stages(model, branches=True)
     shapes, failure = _output_shapes(model, layers, input_shape)
     summary = ModelSummary(title or type(model).__name__, tuple(input_shape), [])
     if failure:
         summary.notes.append(failure)
-    bits = FLOAT
+    bits = block_bits = FLOAT
+    starts = _branch_starts(model)
     for name, m in layers:
+        if id(m) in starts:
+            if starts[id(m)] == 0:
+                block_bits = bits
+            bits = block_bits
         layer = LayerStats(name, type(m).__name__, out_shape=shapes.get(name))
         quantized = _quantized_weights(m)
         for pname, p in m.named_parameters():
