@@ -67,7 +67,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol
     ``gamma`` every ``step_epochs`` epochs of the ``protocol_epochs``-epoch protocol those constants
     belong to: laid over fewer epochs (``scale.schedule=compress``) the steps shrink in proportion,
     so the run makes the protocol's number of decays (200 epochs halving every 20, compressed into
-    20: halving every 2)."""
+    20: halving every 2). ``multistep`` multiplies lr by ``gamma`` after each epoch of ``milestones``
+    (tensorpack's ``[(60, 4e-5), (75, 8e-6)]`` from 2e-4: milestones 60, 75, gamma 0.2), likewise
+    scaled when compressed."""
     if cfg.schedule == "exponential":
         gamma = (cfg.lr_final / cfg.lr) ** (1.0 / epochs) if cfg.lr_final else 1.0
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
@@ -79,9 +81,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol
         # several decays per epoch when compressed below one step per epoch (the epsilon absorbs
         # e / step landing a rounding error below an integer)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** math.floor(e / step + 1e-9))
+    if cfg.schedule == "multistep":
+        scale = epochs / protocol_epochs if protocol_epochs else 1.0
+        milestones = [m * scale for m in cfg.get("milestones") or []]
+        if all(float(m).is_integer() for m in milestones):
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(m) for m in milestones], gamma=cfg.gamma)
+        gamma = float(cfg.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: gamma ** sum(e + 1e-9 >= m for m in milestones))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, constant")
+    raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, multistep, constant")
 
 
 class LatentWeightClipper:
