@@ -65,6 +65,7 @@ class OptimConfig:
     eps: float = 1e-8
     momentum: float = 0.9               # sgd
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"        # all parameters | fc_weights (fully connected layers' weights only)
     lr_scale: str = "glorot"            # glorot | glorot_pow2 | none
     lr_scale_layers: str = "clipping"   # clipping (layers that clip latent weights: BNN) | all quantized layers
     clip_latent: bool = True            # clip latent weights of binary layers to [-1, 1] after each step
@@ -155,6 +156,7 @@ CHOICES = {
     "optim.schedule": ("exponential", "step", "multistep", "constant"),
     "scale.schedule": ("truncate", "compress"),
     "optim.lr_scale": ("glorot", "glorot_pow2", "none"),
+    "optim.weight_decay_on": ("all", "fc_weights"),
     "optim.lr_scale_layers": ("clipping", "all"),
     "train.loss": ("squared_hinge", "cross_entropy"),
     "train.amp": ("none", "bf16"),

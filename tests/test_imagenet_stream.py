@@ -145,6 +145,7 @@ def test_random_crop_flip_is_a_crop_of_the_resized_image(jpegs):
     (["optim.schedule=multistep", "optim.milestones=[0]"], r"from 1 to train.epochs - 1"),
     (["optim.milestones=[10]"], r"optim.milestones=\[10\] is used by optim.schedule=multistep only, not exponential"),
     (["optim.schedule=multisteps"], r"allowed: exponential, step, multistep, constant"),
+    (["optim.weight_decay_on=conv"], r"optim.weight_decay_on='conv' is not allowed; allowed: all, fc_weights"),
 ])
 def test_bad_loader_and_schedule_fields_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -172,6 +173,23 @@ def test_dorefa_alexnet_multistep_is_tensorpacks_and_compresses():
         pytest.approx([2e-4] * 5 + [4e-5] + [8e-6])
     qnn = _lrs(compose(["+experiment=qnn_alexnet"]))
     assert qnn[19] == 5e-3 and qnn[20] == pytest.approx(5e-3 * 0.2115) and qnn[-1] == pytest.approx(1e-5, rel=1e-3)
+
+
+def test_dorefa_alexnet_decays_the_fc_weights_only():
+    """tensorpack: regularize_cost('fc.*/W', l2_regularizer(5e-6)): fc0, fc1, fct; no conv, bias, BN."""
+    from bnnrepro.optim import build_optimizer
+    from bnnrepro.train.factory import build_model
+
+    cfg = compose(["+experiment=dorefa_alexnet", "data.image_size=64", "scale=smoke"])
+    model = build_model(cfg, (3, 64, 64), 10)
+    groups = build_optimizer(model, cfg.optim).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] == 5e-6 for p in g["params"]}
+    fc = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(fc) == 3 and decayed == {id(w) for w in fc}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert all(g["weight_decay"] == 0.0 for g in groups if not any(id(p) in decayed for p in g["params"]))
+    everything = build_optimizer(model, compose(["+experiment=dorefa_alexnet", "optim.weight_decay_on=all"]).optim)
+    assert all(g["weight_decay"] == 5e-6 for g in everything.param_groups)
 
 
 # the float MLP with SGD of test_distributed.py, on 16 x 16 crops of the generated JPEGs
@@ -203,6 +221,11 @@ def test_one_epoch_of_alexnet_on_the_stream_and_the_memory_path_agree(jpegs, run
     summary = json.loads((augmented / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["train_examples"] == 24
     assert summary["data"]["loader"]["augment"] == "resized_crop_flip"
+    from bnnrepro import evaluate
+
+    alone = evaluate.run(str(augmented), {"batch_size": 5})  # `bnnrepro eval` streams it too
+    assert alone["n"] == 12 and alone["error"] == summary["test_error"]
+    assert alone["top5_error"] == summary["test_top5_error"]
 
 
 def test_two_process_torchrun_on_the_jpegs_follows_one_process(jpegs, runs_dir):

@@ -37,11 +37,31 @@ def param_groups(model: nn.Module, lr: float, lr_scale: str, layers: str = "clip
     return groups
 
 
+def decay_scope(groups: list[dict], model: nn.Module, scope: str, weight_decay: float) -> list[dict]:
+    """``all``: ``groups`` as they are (the optimizer's weight decay applies to every parameter);
+    ``fc_weights``: each group split into the weights of fully connected layers, which decay, and the
+    rest (convolutions, biases, BatchNorm), which do not -- tensorpack's DoReFa AlexNet regularizes
+    ``fc.*/W`` only."""
+    if scope == "all":
+        return groups
+    if scope != "fc_weights":
+        raise ValueError(f"optim.weight_decay_on={scope!r} is unknown; allowed: all, fc_weights")
+    fc = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    split = []
+    for group in groups:
+        for decayed in (True, False):
+            params = [p for p in group["params"] if (id(p) in fc) == decayed]
+            if params:
+                split.append({**group, "params": params, "weight_decay": weight_decay if decayed else 0.0})
+    return split
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """The optimizer of the ``optim`` section ``cfg`` over :func:`param_groups` of ``model``.
     ``cfg.fused`` (default): one kernel per parameter where torch has one (Adam, SGD; Adamax
     takes the multi-tensor path), ShiftAdaMax's Numba loop; false: the per-tensor references."""
     groups = param_groups(model, cfg.lr, cfg.lr_scale, cfg.get("lr_scale_layers", "clipping"))
+    groups = decay_scope(groups, model, cfg.get("weight_decay_on", "all"), cfg.weight_decay)
     fused = bool(cfg.get("fused", False))
     # torch's fused kernels exist on CPU and CUDA for floating-point parameters only
     fused_ok = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
