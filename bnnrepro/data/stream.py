@@ -6,8 +6,10 @@ slicing ``[lo:hi]`` and ``.to(device)`` behave alike -- so the loop's batching a
 either. Batches are still chosen by the loop (the epoch order, a pure function of seed and epoch, and
 under torchrun each rank's shard of every global batch): :meth:`ImageStream.batches` decodes the
 index batches it is given, ahead of the consumer, in ``workers`` processes, into pinned memory when
-the device is a GPU. The images come out as uint8 ``[B, 3, S, S]``, and the run's ``preprocess``
-(``scale``: x * 2/255 - 1) is applied on the device as in the memory path.
+the device is a GPU. (This plays torch's ``DistributedSampler``'s part, ``set_epoch`` included, with
+the memory path's semantics: the global batches are the single process's, each rank decodes only
+its shard, nothing is padded or dropped.) The images come out as uint8 ``[B, 3, S, S]``, and the
+run's ``preprocess`` (``scale``: x * 2/255 - 1) is applied on the device as in the memory path.
 
 Augmentation (train split only, ``data.augment``) is random per *image*: its crop and flip are drawn
 from a generator seeded with (seed, epoch, image index), so an epoch's images are the same whatever
