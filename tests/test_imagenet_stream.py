@@ -268,3 +268,13 @@ def test_a_streamed_run_resumes_exactly(jpegs, runs_dir):
     from bnnrepro.train.loop import _resume_overrides
 
     assert _resume_overrides([f"resume={cut}", "data.workers=3"]) == ["data.workers"]  # computes nothing
+
+
+def test_a_corrupt_jpeg_decoded_by_a_worker_is_named(jpegs, tmp_path):
+    import shutil
+
+    shutil.copytree(jpegs / "imagenet", tmp_path / "imagenet")
+    (tmp_path / "imagenet" / "train" / "n00000002" / "zz_broken.JPEG").write_bytes(b"\xff\xd8 not a jpeg")
+    s = _stream(tmp_path, workers=1, augment="resized_crop_flip")
+    with pytest.raises(data.CorruptFileError, match="zz_broken.JPEG: cannot decode image"):
+        _all(s.train_x)
