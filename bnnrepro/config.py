@@ -28,6 +28,11 @@ class DataConfig:
     train_subset: Optional[int] = None  # keep the first N training examples
     use_extra: bool = False             # SVHN: append extra_32x32.mat to train
     image_size: Optional[int] = None    # ImageNet resize/crop
+    # memory: whole splits held as uint8 tensors; stream (image folders: imagenet): decoded per batch by
+    # `workers` DataLoader processes (per torchrun process), with the train split's `augment`
+    loader: str = "memory"              # memory | stream
+    workers: int = 4                    # stream: decoding processes; 0: in the training process
+    augment: str = "none"               # none | resized_crop_flip | random_crop_flip (stream only)
 
 
 @dataclass
@@ -59,13 +64,15 @@ class OptimConfig:
     name: str = "adam"                  # adam | adamax | shift_adamax | sgd
     lr: float = 3e-3
     lr_final: Optional[float] = 3e-7    # exponential schedule: lr decays to lr_final over the run
-    schedule: str = "exponential"       # exponential | step | constant
+    schedule: str = "exponential"       # exponential | step | multistep | constant
     step_epochs: int = 20               # step schedule: multiply by gamma every step_epochs
+    milestones: list[int] = field(default_factory=list)  # multistep: multiply by gamma after these epochs
     gamma: float = 0.5
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     momentum: float = 0.9               # sgd
     weight_decay: float = 0.0
+    weight_decay_on: str = "all"        # all parameters | fc_weights (fully connected layers' weights only)
     lr_scale: str = "glorot"            # glorot | glorot_pow2 | none
     lr_scale_layers: str = "clipping"   # clipping (layers that clip latent weights: BNN) | all quantized layers
     clip_latent: bool = True            # clip latent weights of binary layers to [-1, 1] after each step
@@ -153,9 +160,12 @@ CHOICES = {
     "model.output_batchnorm": ("same", "standard", "shift"),
     "model.bn_eval_stats": ("running", "batch"),
     "optim.name": ("adam", "adamax", "shift_adamax", "sgd"),
-    "optim.schedule": ("exponential", "step", "constant"),
+    "data.loader": ("memory", "stream"),
+    "data.augment": ("none", "resized_crop_flip", "random_crop_flip"),
+    "optim.schedule": ("exponential", "step", "multistep", "constant"),
     "scale.schedule": ("truncate", "compress"),
     "optim.lr_scale": ("glorot", "glorot_pow2", "none"),
+    "optim.weight_decay_on": ("all", "fc_weights"),
     "optim.lr_scale_layers": ("clipping", "all"),
     "train.loss": ("squared_hinge", "cross_entropy"),
     "train.amp": ("none", "bf16"),
@@ -230,6 +240,8 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(_get(cfg, dotted), int):
             raise ConfigError(f"{dotted}={_get(cfg, dotted)!r} must be a positive integer")
     _check_optimizer(cfg)
+    _check_milestones(cfg)
+    _check_loader(cfg)
     if not 0 <= cfg.seed <= MAX_SEED:
         raise ConfigError(f"seed={cfg.seed} must be in [0, 2**63 - 1]")
     if cfg.train.num_threads is not None and cfg.train.num_threads > MAX_THREADS:
@@ -286,6 +298,43 @@ def _check_optimizer(cfg) -> None:
         raise ConfigError(f"optim.momentum={cfg.optim.momentum!r} must be in [0, 1)")
     if not _number(cfg.optim.weight_decay) or cfg.optim.weight_decay < 0:
         raise ConfigError(f"optim.weight_decay={cfg.optim.weight_decay!r} must be a finite number >= 0")
+
+
+def _check_milestones(cfg) -> None:
+    """``optim.milestones``: the epochs after which multistep multiplies the LR by ``optim.gamma``,
+    increasing, inside the protocol's ``train.epochs`` (a milestone at or past the end never acts);
+    set with another schedule they would be silently ignored."""
+    milestones = list(cfg.optim.get("milestones") or [])
+    if milestones and cfg.optim.schedule != "multistep":
+        raise ConfigError(f"optim.milestones={milestones} is used by optim.schedule=multistep only, not "
+                          f"{cfg.optim.schedule}; allowed with {cfg.optim.schedule}: []")
+    epochs = cfg.train.epochs
+    if any(isinstance(m, bool) or not isinstance(m, int) or not 1 <= m < epochs for m in milestones):
+        raise ConfigError(f"optim.milestones={milestones} must be epochs (integers) from 1 to train.epochs - 1 "
+                          f"= {epochs - 1}")
+    if any(b <= a for a, b in zip(milestones, milestones[1:])):
+        raise ConfigError(f"optim.milestones={milestones} must be strictly increasing")
+
+
+def _check_loader(cfg) -> None:
+    """``data.loader=stream`` decodes image folders (imagenet) per batch; its augmentation and worker
+    count, and what the memory path cannot do."""
+    from . import data
+
+    workers = cfg.data.workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
+        raise ConfigError(f"data.workers={workers!r} must be an integer >= 0 (0: decode in the training process)")
+    loader, augment = cfg.data.loader, cfg.data.augment
+    if loader == "stream" and not data.registry.get(cfg.data.name).can_stream:
+        streamable = ", ".join(n for n in data.names() if data.registry.get(n).can_stream)
+        raise ConfigError(f"data.loader=stream decodes image folders per batch ({streamable}); {cfg.data.name} is "
+                          "read whole from its archives: allowed: memory")
+    if augment != "none" and loader != "stream":
+        raise ConfigError(f"data.augment={augment} needs data.loader=stream (the memory path holds one decoded "
+                          "centre crop per image); allowed with data.loader=memory: none")
+    if loader == "stream" and cfg.data.preprocessing == "zca":
+        raise ConfigError("data.preprocessing=zca is fitted on the whole train split in memory; with "
+                          "data.loader=stream allowed: scale, gcn")
 
 
 def _check_init_from(cfg) -> None:

@@ -43,7 +43,10 @@ def run(target: str, opts: dict | None = None) -> dict:
     root = opts["data.root"] or cfg.data.root
     splits = datasets.load(cfg.data.name, root, download=cfg.data.download, val_size=cfg.data.val_size,
                            preprocessing=cfg.data.preprocessing, use_extra=False,
-                           image_size=cfg.data.image_size)
+                           image_size=cfg.data.image_size, workers=int(cfg.data.get("workers") or 0),
+                           # a streamed run is evaluated streaming (no augmentation, any split);
+                           # the packed engine takes a tensor
+                           loader="memory" if opts["engine"] == "packed" else cfg.data.get("loader", "memory"))
     x, y = getattr(splits, f"{opts['split']}_x"), getattr(splits, f"{opts['split']}_y")
     batch_size, batch_stats = eval_batching(cfg, opts["batch_size"])
     if batch_stats and opts["engine"] == "packed":

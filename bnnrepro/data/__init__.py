@@ -7,6 +7,7 @@ from .archives import CorruptFileError, DataError, MissingFilesError, resolve_ro
 from .preprocess import PREPROCESSING, gcn, scale_pm1
 from .registry import DATASETS, DatasetSpec, names
 from .splits import Splits, check, load
+from .stream import ImageStream
 
 __all__ = ["DATASETS", "DatasetSpec", "names", "DataError", "MissingFilesError", "CorruptFileError",
-           "resolve_root", "scale_pm1", "gcn", "PREPROCESSING", "Splits", "load", "check"]
+           "resolve_root", "scale_pm1", "gcn", "PREPROCESSING", "Splits", "load", "check", "ImageStream"]

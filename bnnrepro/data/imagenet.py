@@ -1,15 +1,16 @@
 """ImageNet (ILSVRC-2012) as an ImageFolder tree: ``<root>/imagenet/{train,val}/<class dir>/<image>``;
 class index = position of the class dir in the sorted train class dirs (torchvision's rule).
 
-Everything else in this package keeps whole splits in memory as uint8, so ImageNet is decoded
-eagerly too: each image is resized (shorter side to ``image_size * 256/224``, bilinear) and
+With ``data.loader=memory`` ImageNet is held in memory as uint8 as every other dataset, decoded
+eagerly: each image is resized (shorter side to ``image_size * 256/224``, bilinear) and
 center-cropped to ``image_size`` -- the usual single-crop evaluation transform. That fits only
 subsets or small sizes (full train at 64 px is ~15.7 GB, at 224 px ~193 GB), so the bytes
 needed are computed from the file listing first and a :class:`DataError` is raised before
 decoding anything when they exceed half of the available memory (override with the environment
 variable ``BNNREPRO_MAX_DATA_BYTES``). Train samples are listed class-interleaved (1st image of
 every class, then the 2nd, ...) so any prefix -- ``train_subset``, and only that prefix is
-decoded -- covers the classes evenly.
+decoded -- covers the classes evenly. ``data.loader=stream`` (the ImageNet default, stream.py)
+decodes per batch instead, from the same file lists.
 """
 from __future__ import annotations
 
@@ -69,7 +70,9 @@ class ImageFiles:
         return torch.from_numpy(out)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
+def decode_image(path: Path, size: int, crop: bool = True) -> np.ndarray:
+    """The shorter side resized to ``size * 256/224`` and the centre ``size`` x ``size`` crop, uint8
+    CHW (``crop=False``: the resized image, uncropped)."""
     short = round(size * 256 / 224)
     try:
         with Image.open(path) as im:
@@ -78,6 +81,8 @@ def decode_image(path: Path, size: int) -> np.ndarray:
             scale = short / min(im.size)
             w, h = max(short, round(im.width * scale)), max(short, round(im.height * scale))
             im = im.resize((w, h), Image.Resampling.BILINEAR)
+            if not crop:
+                return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)
             left, top = (w - size) // 2, (h - size) // 2
             im = im.crop((left, top, left + size, top + size))
             return np.asarray(im, dtype=np.uint8).transpose(2, 0, 1)

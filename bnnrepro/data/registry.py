@@ -28,6 +28,8 @@ class DatasetSpec:
     # the official splits' image counts (train before the validation cut, test, SVHN's extra), known
     # before any file is read: for validating split and batch sizes, and estimating a run's duration
     sizes: tuple[int, int, int] = (0, 0, 0)
+    # files decodable per batch (data.loader=stream, stream.py) instead of held in memory
+    can_stream: bool = False
 
 
 def _mnist(fashion: bool) -> Callable[..., Any]:
@@ -75,7 +77,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "imagenet": DatasetSpec(
         "imagenet", 1000, (3, imagenet.DEFAULT_IMAGE_SIZE, imagenet.DEFAULT_IMAGE_SIZE), 0,
         "none: the official val folder is the test split", _imagenet, _imagenet_read,
-        "<root>/imagenet/{train,val}/<class dir>/<image>", sizes=(1_281_167, 50_000, 0)),
+        "<root>/imagenet/{train,val}/<class dir>/<image>", sizes=(1_281_167, 50_000, 0), can_stream=True),
 }
 
 

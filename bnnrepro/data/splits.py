@@ -8,7 +8,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import imagenet
+from . import imagenet, stream
 from .archives import Download, Found, download_mode, resolve_root_with_source
 from .preprocess import build as build_preprocess
 from .preprocess import check_name as check_preprocessing
@@ -18,7 +18,7 @@ from .registry import DatasetSpec, get
 @dataclass
 class Splits:
     name: str
-    train_x: torch.Tensor   # uint8 [N, C, H, W], the whole split in memory
+    train_x: torch.Tensor   # uint8 [N, C, H, W], the whole split in memory (loader=stream: an ImageStream)
     train_y: torch.Tensor   # int64 [N]
     val_x: torch.Tensor     # may be empty (N = 0)
     val_y: torch.Tensor
@@ -28,6 +28,21 @@ class Splits:
     input_shape: tuple[int, int, int]
     preprocess: Callable[[torch.Tensor], torch.Tensor]  # batch-wise uint8 -> float32
     info: dict              # files used, md5s, split sizes, preprocessing: goes into the run's record
+
+
+def _check_loader(spec: DatasetSpec, loader: str, augment: str, preprocessing: str) -> None:
+    if loader not in stream.LOADERS:
+        raise ValueError(f"loader={loader!r} is unknown; allowed: {', '.join(stream.LOADERS)}")
+    stream.check_augment(augment)
+    if loader == "stream" and not spec.can_stream:
+        raise ValueError(f"loader='stream' decodes image folders per batch; {spec.name} is read whole from its "
+                         f"archives: allowed: memory")
+    if augment != "none" and loader != "stream":
+        raise ValueError(f"augment={augment!r} needs loader='stream' (the memory path holds one decoded "
+                         "centre crop per image); allowed with memory: none")
+    if loader == "stream" and preprocessing == "zca":
+        raise ValueError("preprocessing='zca' is fitted on the whole train split in memory; with loader='stream' "
+                         "allowed: scale, gcn")
 
 
 def _check_options(spec: DatasetSpec, val_size, train_subset, use_extra, image_size) -> None:
@@ -59,18 +74,22 @@ def _files_record(located) -> dict:
 
 def load(name: str, root: str | os.PathLike | None = None, *, download: Download = "auto",
          val_size: int | None = None, preprocessing: str = "scale", train_subset: int | None = None,
-         use_extra: bool = False, image_size: int | None = None) -> Splits:
+         use_extra: bool = False, image_size: int | None = None, loader: str = "memory", workers: int = 0,
+         augment: str = "none", seed: int = 0) -> Splits:
     """Load a dataset's train / validation / test splits as uint8 tensors.
 
     Validation is the last ``val_size`` examples of the official train split (``None``: the
     paper's default, see ``DATASETS[name].val_note``); ``train_subset`` keeps the first k of what
     remains (after SVHN's extra is appended). ``preprocess`` is applied by the caller per batch.
+    ``loader='stream'`` (image folders): the splits are :class:`stream.ImageStream` s decoded per batch
+    by ``workers`` processes, the train split with ``augment`` drawn from ``seed`` and the epoch.
     Raises ValueError for bad options (before touching any file) and DataError for file problems.
     """
     spec = get(name)
     check_preprocessing(preprocessing)
     mode = download_mode(download)
     _check_options(spec, val_size, train_subset, use_extra, image_size)
+    _check_loader(spec, loader, augment, preprocessing)
     root_path, root_source = resolve_root_with_source(root)
 
     located = spec.locate(root_path, mode, root_source=root_source, use_extra=use_extra, image_size=image_size)
@@ -99,8 +118,12 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: Download
         lazy = {"train": train_x, "val": val_x, "test": test_x}
         files = {k: {"folder": str(p.base), "images": len(p), "sha1(relpath, size)": p.fingerprint()}
                  for k, p in lazy.items()}
-        decoded = imagenet.materialize(lazy)
-        train_x, val_x, test_x = decoded["train"], decoded["val"], decoded["test"]
+        if loader == "stream":
+            train_x = stream.ImageStream(train_x, workers, augment, seed)
+            val_x, test_x = stream.ImageStream(val_x, workers), stream.ImageStream(test_x, workers)
+        else:
+            decoded = imagenet.materialize(lazy)
+            train_x, val_x, test_x = decoded["train"], decoded["val"], decoded["test"]
     elif image_size is not None and image_size != train_x.shape[-1]:
         train_x, val_x, test_x = (_resize(x, image_size) for x in (train_x, val_x, test_x))
     else:  # own the memory: a view into the whole official train tensor keeps all of it alive
@@ -127,6 +150,8 @@ def load(name: str, root: str | os.PathLike | None = None, *, download: Download
         "resized_to": resized_to,
         "preprocessing": preprocess_info,
     }
+    if loader == "stream":
+        info["loader"] = {"name": "stream", "workers": workers, "augment": augment}
     return Splits(name, train_x, train_y, val_x, val_y, test_x, test_y, num_classes,
                   tuple(train_x.shape[1:]), preprocess, info)
 

@@ -37,11 +37,31 @@ def param_groups(model: nn.Module, lr: float, lr_scale: str, layers: str = "clip
     return groups
 
 
+def decay_scope(groups: list[dict], model: nn.Module, scope: str, weight_decay: float) -> list[dict]:
+    """``all``: ``groups`` as they are (the optimizer's weight decay applies to every parameter);
+    ``fc_weights``: each group split into the weights of fully connected layers, which decay, and the
+    rest (convolutions, biases, BatchNorm), which do not -- tensorpack's DoReFa AlexNet regularizes
+    ``fc.*/W`` only."""
+    if scope == "all":
+        return groups
+    if scope != "fc_weights":
+        raise ValueError(f"optim.weight_decay_on={scope!r} is unknown; allowed: all, fc_weights")
+    fc = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    split = []
+    for group in groups:
+        for decayed in (True, False):
+            params = [p for p in group["params"] if (id(p) in fc) == decayed]
+            if params:
+                split.append({**group, "params": params, "weight_decay": weight_decay if decayed else 0.0})
+    return split
+
+
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     """The optimizer of the ``optim`` section ``cfg`` over :func:`param_groups` of ``model``.
     ``cfg.fused`` (default): one kernel per parameter where torch has one (Adam, SGD; Adamax
     takes the multi-tensor path), ShiftAdaMax's Numba loop; false: the per-tensor references."""
     groups = param_groups(model, cfg.lr, cfg.lr_scale, cfg.get("lr_scale_layers", "clipping"))
+    groups = decay_scope(groups, model, cfg.get("weight_decay_on", "all"), cfg.weight_decay)
     fused = bool(cfg.get("fused", False))
     # torch's fused kernels exist on CPU and CUDA for floating-point parameters only
     fused_ok = fused and all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in model.parameters())
@@ -67,7 +87,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol
     ``gamma`` every ``step_epochs`` epochs of the ``protocol_epochs``-epoch protocol those constants
     belong to: laid over fewer epochs (``scale.schedule=compress``) the steps shrink in proportion,
     so the run makes the protocol's number of decays (200 epochs halving every 20, compressed into
-    20: halving every 2)."""
+    20: halving every 2). ``multistep`` multiplies lr by ``gamma`` after each epoch of ``milestones``
+    (tensorpack's ``[(60, 4e-5), (75, 8e-6)]`` from 2e-4: milestones 60, 75, gamma 0.2), likewise
+    scaled when compressed."""
     if cfg.schedule == "exponential":
         gamma = (cfg.lr_final / cfg.lr) ** (1.0 / epochs) if cfg.lr_final else 1.0
         return torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=gamma)
@@ -79,9 +101,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol
         # several decays per epoch when compressed below one step per epoch (the epsilon absorbs
         # e / step landing a rounding error below an integer)
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** math.floor(e / step + 1e-9))
+    if cfg.schedule == "multistep":
+        scale = epochs / protocol_epochs if protocol_epochs else 1.0
+        milestones = [m * scale for m in cfg.get("milestones") or []]
+        if all(float(m).is_integer() for m in milestones):
+            return torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(m) for m in milestones], gamma=cfg.gamma)
+        gamma = float(cfg.gamma)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda e: gamma ** sum(e + 1e-9 >= m for m in milestones))
     if cfg.schedule == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
-    raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, constant")
+    raise ValueError(f"optim.schedule={cfg.schedule!r} is unknown; allowed: exponential, step, multistep, constant")
 
 
 class LatentWeightClipper:

@@ -9,7 +9,7 @@ from typing import Any
 
 # config fields that do not change a run's result (prefixes of dotted keys)
 IGNORED = ("runs_dir", "run_name", "resume", "seed", "device", "logger", "data.root", "data.download",
-           "train.num_threads", "train.progress", "train.eval_batch_size")
+           "data.workers", "train.num_threads", "train.progress", "train.eval_batch_size")
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""Batches are slices of whole-split tensors already in memory (no per-sample pipeline)."""
+"""Batches are slices of whole-split tensors already in memory (no per-sample pipeline), or, for a
+split that streams (``data.loader=stream``), the same index batches decoded ahead by worker processes."""
 from __future__ import annotations
 
 from typing import Callable, Iterator
 
 import torch
 
+from ..data.stream import ImageStream
 from ..nn.bn_eval import batch_statistics
 
 
@@ -20,13 +22,22 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, preprocess: Calla
             drop_last: bool = False) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     n = x.shape[0]
     stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        if order is None:
-            xb, yb = x[start:start + batch_size], y[start:start + batch_size]
-        else:
-            idx = order[start:start + batch_size]
-            xb, yb = x[idx], y[idx]
-        yield preprocess(xb.to(device, non_blocking=True)), yb.to(device, non_blocking=True)
+    if order is None:
+        index = [slice(start, start + batch_size) for start in range(0, stop, batch_size)]
+    else:
+        index = [order[start:start + batch_size] for start in range(0, stop, batch_size)]
+    for idx, xb in zip(index, gather(x, index)):
+        yield preprocess(xb.to(device, non_blocking=True)), y[idx].to(device, non_blocking=True)
+
+
+def gather(x, index: list) -> Iterator[torch.Tensor]:
+    """``x[idx]`` for each ``idx`` in ``index`` (slices or index tensors); a stream decodes them ahead
+    in its worker processes."""
+    if isinstance(x, ImageStream):
+        yield from x.batches(torch.arange(x.shape[0])[i] if isinstance(i, slice) else i.cpu() for i in index)
+    else:
+        for idx in index:
+            yield x[idx]
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool = False) -> int:

@@ -44,6 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .batches import batches as _batches
+from .batches import gather as _gather
 from .batches import evaluate as _evaluate
 
 
@@ -197,10 +198,10 @@ class Context:
             for xb, yb in _batches(x, y, batch_size, preprocess, order, device):
                 yield xb, yb, yb.shape[0]
             return
-        for start in range(0, x.shape[0], batch_size):
-            idx = order[start:start + batch_size]
-            shard = idx.tensor_split(self.world)[self.rank]
-            yield (preprocess(x[shard].to(device, non_blocking=True)), y[shard].to(device, non_blocking=True),
+        index = [order[start:start + batch_size] for start in range(0, x.shape[0], batch_size)]
+        shards = [idx.tensor_split(self.world)[self.rank] for idx in index]
+        for idx, shard, xb in zip(index, shards, _gather(x, shards)):
+            yield (preprocess(xb.to(device, non_blocking=True)), y[shard].to(device, non_blocking=True),
                    idx.shape[0])
 
     def loss(self, loss_fn, out: torch.Tensor, yb: torch.Tensor, n_global: int):

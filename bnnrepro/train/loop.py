@@ -36,7 +36,7 @@ from ..runs.fingerprint import flatten
 
 # the fields a resume may change: where things are and how they are shown, not what is computed
 # (threads and device do change the float sums; they are allowed, warned about and recorded)
-RESUME_SAFE = ("data.root", "data.download", "train.progress", "train.eval_batch_size", "logger",
+RESUME_SAFE = ("data.root", "data.download", "data.workers", "train.progress", "train.eval_batch_size", "logger",
                "train.num_threads", "device")
 # ... and those that name the run (a copied or moved run keeps its checkpoint's config)
 NOT_COMPUTED = RESUME_SAFE + ("run_name", "runs_dir", "resume")
@@ -269,7 +269,8 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     splits = datasets.load(cfg.data.name, cfg.data.root, download=cfg.data.download,
                            val_size=cfg.data.val_size, preprocessing=cfg.data.preprocessing,
                            train_subset=effective_train_subset(cfg), use_extra=cfg.data.use_extra,
-                           image_size=cfg.data.image_size)
+                           image_size=cfg.data.image_size, loader=cfg.data.loader, workers=cfg.data.workers,
+                           augment=cfg.data.augment, seed=int(cfg.seed))
     model = build_model(cfg, splits.input_shape, splits.num_classes).to(device)
     # a resumed run continues from its own checkpoint; its source's record is in that checkpoint
     init = (state or {}).get("init_from")
@@ -330,6 +331,8 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
         t0 = time.time()
         model.train()
         order = epoch_order(n_train, int(cfg.seed), epoch).to(device)
+        if isinstance(train_x, datasets.ImageStream):  # its augmentation is drawn from (seed, epoch, image)
+            train_x.set_epoch(epoch)
         loss_sum, seen = 0.0, 0
         bar = tqdm(ctx.batches(train_x, train_y, cfg.train.batch_size, splits.preprocess, order, device),
                    total=steps, desc=f"epoch {epoch}/{epochs}", leave=False, mininterval=0.5,
