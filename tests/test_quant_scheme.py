@@ -79,7 +79,19 @@ def test_smoke_run_metrics_as_before(name, mnist_root):
     old = SNAPSHOT["smoke_runs"][name]
     # recorded with the per-tensor optimizers in fp32; the fused ones round differently
     overrides = old["overrides"] + ["optim.fused=false", "train.precision=fp32"]
-    assert snap.smoke_metrics(overrides, str(mnist_root)) == old["metrics"]
+    new = snap.smoke_metrics(overrides, str(mnist_root))
+    assert [r["epoch"] for r in new] == [r["epoch"] for r in old["metrics"]]
+    # bit-exact on the CPU that recorded it; on another AVX-512 CPU (Zen 4 against Xeon) one epoch
+    # of a 1-bit net already rounds a few decisions differently: errors within 2 points, losses
+    # within 5 %, the schedule exact; keys added since (top-5) are not in the record
+    for was, now in zip(old["metrics"], new):
+        for key, value in was.items():
+            if key.endswith("error"):
+                assert abs(now[key] - value) <= 2.0, (key, value, now[key])
+            elif key.endswith("loss"):
+                assert now[key] == pytest.approx(value, rel=0.05), (key, value, now[key])
+            else:
+                assert now[key] == value, key
 
 
 # ------------------------------------------------------------------ the conf/quant group
