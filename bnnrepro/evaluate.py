@@ -65,7 +65,7 @@ def run(target: str, opts: dict | None = None) -> dict:
 
 def _run_language_model(model, cfg, root, opts: dict) -> dict:
     """A language model's next-word error and perplexity on a split, as its training loop measured
-    them (one column, truncated-BPTT segments; ``batch_size`` is not used)."""
+    them (``lm.eval_columns`` columns, truncated-BPTT segments; ``batch_size`` is not used)."""
     from .data.ptb import batchify
     from .train import lm
 
@@ -75,9 +75,9 @@ def _run_language_model(model, cfg, root, opts: dict) -> dict:
     corpus = lm.load_corpus(cfg, root=root)
     stream = {"test": corpus.test, "val": corpus.valid, "train": corpus.train}[opts["split"]]
     t0 = time.perf_counter()
-    result = lm.evaluate(model, batchify(stream, lm.EVAL_COLUMNS), int(cfg.train.bptt))
+    result = lm.evaluate(model, batchify(stream, lm.eval_columns(stream.numel())), int(cfg.train.bptt))
     return {"error": result["error"], "top5_error": None, "perplexity": result["perplexity"],
-            "n": stream.numel() - 1, "seconds": time.perf_counter() - t0, **opts, "dataset": cfg.data.name}
+            "n": result["tokens"], "seconds": time.perf_counter() - t0, **opts, "dataset": cfg.data.name}
 
 
 def _refuse_artifact(target: str) -> None:

@@ -16,7 +16,7 @@ leading space, words separated by spaces, ``<unk>`` for rare words, lines ending
   all three splits (so ``<unk>`` is itself a trained word, as in PTB).
 
 The unigram baseline is the maximum-likelihood unigram of the train tokens (``<eos>`` included),
-scored on the test tokens the loop scores (all but the first). The runs are the preset
+scored on the test tokens the loop scores (:func:`scored`). The runs are the preset
 (``+experiment=qnn_ptb_lstm``: 1 x 300 LSTM, bptt 35, clip 0.25, Adam 1e-3) with 4 columns
 (``train.batch_size=4``: the text is ~5k tokens), one thread, ``--epochs`` epochs, at 32/32 and 4/4
 bits. Every extra ``key=value`` is a config override for both runs (e.g. ``model.hidden=[128]``). Prints one line per model and the
@@ -67,11 +67,23 @@ def write_corpus(text: str, folder: Path) -> dict[str, list[list[str]]]:
     return written
 
 
+def scored(tokens: list[str]) -> list[str]:
+    """The tokens of a split the loop scores: it reads the split in ``eval_columns`` contiguous
+    columns (the tail dropped) and predicts every token of a column but its first."""
+    import torch
+
+    from bnnrepro.data.ptb import batchify
+    from bnnrepro.train.lm import eval_columns
+
+    columns = batchify(torch.arange(len(tokens)), eval_columns(len(tokens)))
+    return [tokens[i] for i in columns[1:].t().reshape(-1).tolist()]
+
+
 def unigram_perplexity(splits: dict[str, list[list[str]]]) -> float:
     stream = lambda name: [w for words in splits[name] for w in words + ["<eos>"]]  # noqa: E731
     counts = Counter(stream("train"))
     total = sum(counts.values())
-    test = stream("test")[1:]  # the loop scores every token but the first
+    test = scored(stream("test"))
     return math.exp(-sum(math.log(counts[w] / total) for w in test) / len(test))
 
 

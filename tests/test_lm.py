@@ -306,6 +306,7 @@ def test_eval_and_summary_of_a_trained_language_model(corpus_root, tmp_path, cap
     run = fit(compose(tiny("gru", corpus_root, tmp_path / "runs", "train.epochs=1")))
     summary = json.loads((run / "summary.json").read_text())
     result = evaluate.run(str(run), {"data.root": str(corpus_root)})
+    assert lm.eval_columns(10**6) == 10 and lm.eval_columns(7) == 3
     assert result["perplexity"] == pytest.approx(summary["test_perplexity"], rel=1e-6)
     assert result["error"] == pytest.approx(summary["test_error"])
     assert evaluate.main([str(run), f"data.root={corpus_root}", "--split", "val"]) == 0
@@ -336,12 +337,17 @@ def test_real_text_corpus_is_ptb_format_split_by_lines(tmp_path):
     assert all(line.startswith(" ") and line.endswith(" ") for line in train.split("\n")[:-1])
     corpus = datasets.ptb.load_ptb(tmp_path)  # the loop's reader takes it
     assert "<unk>" in corpus.vocab and "hello" not in corpus.vocab
-    # the unigram perplexity by hand: train counts over the test tokens after the first
+    # the unigram perplexity by hand: train counts over the test tokens the loop predicts (in
+    # columns of `steps` tokens, each column's first token not predicted)
     from collections import Counter
 
     stream = lambda name: [w for ws in splits[name] for w in ws + ["<eos>"]]  # noqa: E731
     counts = Counter(stream("train"))
-    test = stream("test")[1:]
+    full = stream("test")
+    cols = lm.eval_columns(len(full))
+    steps = len(full) // cols
+    test = [full[c * steps + t] for c in range(cols) for t in range(1, steps)]
+    assert script.scored(full) == test
     expected = math.exp(-sum(math.log(counts[w] / sum(counts.values())) for w in test) / len(test))
     assert script.unigram_perplexity(splits) == pytest.approx(expected)
 
