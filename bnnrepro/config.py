@@ -57,6 +57,7 @@ class ModelConfig:
     bn_eps: float = 1e-4
     bn_momentum: float = 0.1
     variant: Optional[str] = None       # model-specific variant (e.g. DoReFa SVHN A-D)
+    embed_dim: Optional[int] = None     # language models: embedding size (null: the first hidden layer's units)
 
 
 @dataclass
@@ -106,6 +107,10 @@ class TrainConfig:
     # (its best.pt, else last.pt) or a checkpoint file; every parameter and buffer (BatchNorm's
     # statistics too) must match this model's by name and shape; the optimizer starts fresh
     init_from: Optional[str] = None
+    # language models (train/lm.py) only: truncated-BPTT length, and the gradient-norm clip applied
+    # before every step (null: none; the QNN PTB presets set 0.25, a [U] choice)
+    bptt: int = 35
+    clip_grad_norm: Optional[float] = None
 
 
 @dataclass
@@ -175,10 +180,6 @@ CHOICES = {
 }
 
 
-# models that `bnnrepro train` (a classification loop) cannot train; validation says so up front
-NEEDS_LM_LOOP = ("lstm_lm",)
-
-
 def _get(cfg, dotted: str):
     return OmegaConf.select(cfg, dotted)
 
@@ -220,13 +221,11 @@ def validate(cfg: DictConfig) -> None:
     """Check every name and range; raise ConfigError naming the field. Loads no data."""
     from . import data, models
 
-    if cfg.model.name in NEEDS_LM_LOOP:  # before the dataset: such presets name one (ptb) the loop lacks
-        raise ConfigError(f"model.name={cfg.model.name!r}: model {cfg.model.name} needs the language-model loop, "
-                          "not implemented yet (bnnrepro train trains classifiers)")
     if cfg.data.name not in data.names():
         raise ConfigError(f"data.name={cfg.data.name!r} is unknown; allowed: {', '.join(data.names())}")
     if cfg.model.name not in models.names():
         raise ConfigError(f"model.name={cfg.model.name!r} is unknown; allowed: {', '.join(models.names())}")
+    _check_language_model(cfg)
     for dotted, allowed in CHOICES.items():
         _choice(cfg, dotted, allowed)
     QuantScheme.from_config(quant_section(cfg))  # names, bit widths, role values; ConfigError naming the field
@@ -287,6 +286,48 @@ def validate(cfg: DictConfig) -> None:
 
         if importlib.util.find_spec("tensorboard") is None:
             raise ConfigError("logger.name=tensorboard needs the tensorboard package: pip install tensorboard")
+
+
+def is_language_model(cfg) -> bool:
+    """Whether ``cfg`` trains a language model (``bnnrepro.train.lm``) rather than a classifier."""
+    from . import models
+
+    return cfg.model.name in models.LANGUAGE_MODELS
+
+
+# what the language-model loop does not do: these fields must keep their default there
+LM_NEUTRAL = {"data.val_size": None, "data.preprocessing": "scale", "data.image_size": None, "train.amp": "none",
+              "train.precision": "fp32", "train.channels_last": False, "train.compile": False}
+
+
+def _check_language_model(cfg) -> None:
+    """A language model trains on a text corpus and a classifier on images; the language-model
+    knobs are checked, and the fields that loop has no use for must keep their defaults."""
+    from . import data, models
+
+    text = [n for n in data.names() if data.registry.get(n).kind == "text"]
+    lm = is_language_model(cfg)
+    if lm and cfg.data.name not in text:
+        raise ConfigError(f"data.name={cfg.data.name!r} is not a text corpus, and model {cfg.model.name} is a "
+                          f"language model; allowed: {', '.join(text)}")
+    if not lm:
+        if cfg.data.name in text:
+            raise ConfigError(f"model.name={cfg.model.name!r} is a classifier, and data.name={cfg.data.name!r} is a "
+                              f"text corpus; allowed: {', '.join(models.LANGUAGE_MODELS)}")
+        if cfg.train.clip_grad_norm is not None:
+            raise ConfigError(f"train.clip_grad_norm={cfg.train.clip_grad_norm!r} is used by the language-model loop "
+                              f"only ({', '.join(models.LANGUAGE_MODELS)}); allowed for {cfg.model.name}: null")
+        return
+    if cfg.train.loss != "cross_entropy":
+        raise ConfigError(f"train.loss={cfg.train.loss!r}: a language model's perplexity is exp of its cross "
+                          "entropy; allowed: cross_entropy")
+    if not isinstance(cfg.train.bptt, int) or isinstance(cfg.train.bptt, bool) or cfg.train.bptt < 1:
+        raise ConfigError(f"train.bptt={cfg.train.bptt!r} must be a positive integer (tokens per truncated-BPTT segment)")
+    _positive(cfg, "train.clip_grad_norm", allow_none=True)
+    for dotted, neutral in LM_NEUTRAL.items():
+        if _get(cfg, dotted) != neutral:
+            raise ConfigError(f"{dotted}={_get(cfg, dotted)!r} is not used by the language-model loop "
+                              f"(model {cfg.model.name}); allowed: {neutral if neutral is not None else 'null'}")
 
 
 def _check_optimizer(cfg) -> None:
@@ -486,11 +527,16 @@ def model_kwargs(cfg) -> dict:
         dropout_hidden=effective_dropout_hidden(cfg), bias=cfg.model.bias, init=cfg.model.init,
         batchnorm=cfg.model.batchnorm, bn_eps=cfg.model.bn_eps, bn_momentum=cfg.model.bn_momentum,
         variant=cfg.model.variant, output_batchnorm=cfg.model.get("output_batchnorm", "same"),
+        embed_dim=cfg.model.get("embed_dim"),
     )
     name = cfg.model.name
     params = inspect.signature(models.MODELS[name]).parameters
     # options the model does not have must be at their neutral value, or the config asks for
     # something the model would silently not do
+    if section["embed_dim"] is not None and "embed_dim" not in params:
+        raise ValueError(f"model.embed_dim={section['embed_dim']!r} is not used by model {name!r}; allowed: null")
+    if section["embed_dim"] is not None and (isinstance(section["embed_dim"], bool) or section["embed_dim"] < 1):
+        raise ValueError(f"model.embed_dim={section['embed_dim']!r} must be a positive integer or null")
     if "batchnorm" not in params and section["batchnorm"] != "standard":
         raise ValueError(f"model.batchnorm={section['batchnorm']!r} is not supported by model {name!r}; "
                          "allowed: standard")

@@ -34,6 +34,7 @@ def run(target: str, opts: dict | None = None) -> dict:
     import torch
 
     from . import data as datasets
+    from .config import is_language_model
     from .train.batches import TOP_K, eval_batching, evaluate, top5_wrong
     from .train import load_model
 
@@ -41,6 +42,8 @@ def run(target: str, opts: dict | None = None) -> dict:
     _refuse_artifact(target)
     model, cfg = load_model(target, which=opts["which"])
     root = opts["data.root"] or cfg.data.root
+    if is_language_model(cfg):
+        return _run_language_model(model, cfg, root, opts)
     splits = datasets.load(cfg.data.name, root, download=cfg.data.download, val_size=cfg.data.val_size,
                            preprocessing=cfg.data.preprocessing, use_extra=False,
                            image_size=cfg.data.image_size, workers=int(cfg.data.get("workers") or 0),
@@ -68,6 +71,23 @@ def run(target: str, opts: dict | None = None) -> dict:
             **opts, "dataset": cfg.data.name}
 
 
+def _run_language_model(model, cfg, root, opts: dict) -> dict:
+    """A language model's next-word error and perplexity on a split, as its training loop measured
+    them (``lm.eval_columns`` columns, truncated-BPTT segments; ``batch_size`` is not used)."""
+    from .data.ptb import batchify
+    from .train import lm
+
+    if opts["engine"] == "packed":
+        raise ConfigError(f"eval: --engine packed runs bit-packed feed-forward nets; {cfg.model.name} is a "
+                          "language model; allowed: --engine torch")
+    corpus = lm.load_corpus(cfg, root=root)
+    stream = {"test": corpus.test, "val": corpus.valid, "train": corpus.train}[opts["split"]]
+    t0 = time.perf_counter()
+    result = lm.evaluate(model, batchify(stream, lm.eval_columns(stream.numel())), int(cfg.train.bptt))
+    return {"error": result["error"], "top5_error": None, "perplexity": result["perplexity"],
+            "n": result["tokens"], "seconds": time.perf_counter() - t0, **opts, "dataset": cfg.data.name}
+
+
 def _refuse_artifact(target: str) -> None:
     """A ``.bnn`` holds no config (no dataset, no split), so eval cannot run it; say what can."""
     if Path(target).is_file():
@@ -87,6 +107,10 @@ def main(argv: list[str]) -> int:
         print(f"bnnrepro: error: {err}", file=sys.stderr)
         return 2
     top5 = "" if result["top5_error"] is None else f" (top-5 {result['top5_error']:.2f}%)"
+    if "perplexity" in result:
+        print(f"{result['dataset']} {result['split']} perplexity {result['perplexity']:.2f}, next-word error "
+              f"{result['error']:.2f}% on {result['n']} tokens ({result['seconds']:.2f} s)")
+        return 0
     print(f"{result['dataset']} {result['split']} error {result['error']:.2f}%{top5} on {result['n']} images "
           f"({result['engine']} engine, {result['seconds']:.2f} s)")
     return 0

@@ -83,7 +83,7 @@ CONFIG_CASES = [
     (["model.hidden=[0]"], "model widths must be positive, got 0"),
     (["optim.gamma=2"], "optim.gamma=2.0 must be in (0, 1]"),
     (["data.val_size=-1"], "data.val_size=-1 must be >= 0"),
-    (["model.name=lstm_lm"], "needs the language-model loop"),
+    (["model.name=lstm_lm"], "data.name='mnist' is not a text corpus, and model lstm_lm is a language model"),
     (["nosuchkey=1"], "unknown config key `nosuchkey`"),
     (["optim.lrr=1"], "unknown config key `optim.lrr`; did you mean `optim.lr`?"),
     (["+model.hiden=[10]"], "unknown config key `model.hiden` (added with +); did you mean `model.hidden`?"),

@@ -8,7 +8,7 @@ import torch.nn as nn
 from bnnrepro import models
 from bnnrepro.nn import QuantConv2d, QuantLinear
 from bnnrepro.models.dorefa_svhn import DOREFA_QUANT
-from bnnrepro.models.lstm_lm import DEFAULT_QUANT as LSTM_QUANT
+from bnnrepro.models.language_model import DEFAULT_QUANT as LSTM_QUANT
 from bnnrepro.quant import DoReFaActivation, DoReFaGradient, Identity, QuantScheme
 
 
@@ -172,7 +172,7 @@ def test_conv_models_identity_gradient_changes_nothing(name, shape, n):
 # ------------------------------------------------------------------ LSTM language model
 
 def test_lstm_lm_shapes_and_state():
-    model = models.build("lstm_lm", input_shape=(7,), num_classes=50, embed_dim=16, hidden=12, layers=2)
+    model = models.build("lstm_lm", input_shape=(7,), num_classes=50, embed_dim=16, hidden=(12, 12))
     tokens = torch.randint(0, 50, (7, 3))
     logits, state = model(tokens)
     assert logits.shape == (7, 3, 50) and len(state) == 2 and state[0][0].shape == (3, 12)
@@ -185,8 +185,8 @@ def test_lstm_lm_shapes_and_state():
 
 def test_lstm_lm_quantizes_weights_and_hidden_state():
     model = models.build("lstm_lm", input_shape=(35,), num_classes=30, embed_dim=8, hidden=16,
-                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 4, "a_bits": 2}), dropout=0.0)
-    lstm = model.lstms[0]
+                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 4, "a_bits": 2}), dropout_hidden=0.0)
+    lstm = model.layers[0]
     assert lstm.weight_quantizer.scale == 0.25  # AP2(1 / sqrt(16))
     w = lstm.weight_quantizer(lstm.weight_hh)
     assert w.unique().numel() <= 16 and torch.equal(w * 32, (w * 32).round())  # step 0.25 / 8
@@ -196,8 +196,8 @@ def test_lstm_lm_quantizes_weights_and_hidden_state():
 
 def test_lstm_float_path_equals_torch_lstm():
     model = models.build("lstm_lm", input_shape=(35,), num_classes=20, embed_dim=6, hidden=5,
-                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 32, "a_bits": 32}), dropout=0.0)
-    ours = model.lstms[0]
+                         quant=QuantScheme.from_config({**LSTM_QUANT, "w_bits": 32, "a_bits": 32}), dropout_hidden=0.0)
+    ours = model.layers[0]
     ref = nn.LSTM(6, 5)
     with torch.no_grad():
         ref.weight_ih_l0.copy_(ours.weight_ih)

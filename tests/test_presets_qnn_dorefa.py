@@ -22,7 +22,7 @@ TARGETS = REPO / "bnnrepro" / "report" / "targets"  # the papers' tables, rows a
 TRAINABLE = ["+paper=qnn", "+paper=dorefa"] + [f"+experiment={e}" for e in (
     "dorefa_svhn_A", "dorefa_svhn_B", "dorefa_svhn_C", "dorefa_svhn_D", "dorefa_alexnet", "dorefa_mnist_mlp",
     "qnn_mnist_mlp", "qnn_mnist_theano", "qnn_alexnet", "qnn_googlenet")]
-LM_MESSAGE = r"model lstm_lm needs the language-model loop, not implemented yet"
+LM_PRESETS = [f"+experiment=qnn_ptb_{cell}" for cell in ("lstm", "gru", "rnn")]
 
 
 def here(preset: str) -> list[str]:
@@ -92,17 +92,17 @@ def test_svhn_models_b_c_d_inherit_model_a(variant, mult):
     assert convs[1].out_channels == round(64 * mult)
 
 
-def test_lm_preset_fails_at_validation_with_a_clear_message():
+@pytest.mark.parametrize("preset", LM_PRESETS)
+def test_lm_presets_validate(preset):
     for scale in ("smoke", "paper"):
-        with pytest.raises(ConfigError, match=LM_MESSAGE):
-            validate(compose(["+experiment=qnn_ptb_lstm", f"scale={scale}"]))
-    with pytest.raises(ConfigError, match=LM_MESSAGE):
-        validate(compose(["+paper=bnn", "model.name=lstm_lm"]))
+        validate(compose([preset, f"scale={scale}"]))  # the language-model loop trains them (tests/test_lm.py)
 
 
-def test_lm_preset_fails_before_a_run_directory_exists(runs_dir):
-    with pytest.raises(ConfigError, match=LM_MESSAGE):
-        fit(compose(["+experiment=qnn_ptb_lstm"]))
+def test_lm_preset_without_its_data_fails_before_a_run_directory_exists(runs_dir, tmp_path):
+    from bnnrepro.data import DataError
+
+    with pytest.raises(DataError, match=r"ptb\.\{train,valid,test\}\.txt not found"):
+        fit(compose(["+experiment=qnn_ptb_lstm", f"data.root={tmp_path}"]))
     assert not runs_dir.exists() or not any(runs_dir.iterdir())
 
 
@@ -266,7 +266,8 @@ def test_table_rows_cover_the_papers_tables():
     qnn = {f"{t}/{r['id']}": r for t, r in _table_rows("qnn")}
     assert qnn["alexnet/qnn-w1a2"]["paper"]["tag"] == "ABS"
     assert qnn["table1/theano-mnist"]["overrides"] == ["+experiment=qnn_mnist_theano"]
-    assert all("language-model loop" in r["not_reproduced"] for k, r in qnn.items() if k.startswith("ptb/lstm"))
+    assert qnn["ptb/lstm-w4a4"]["overrides"] == ["+experiment=qnn_ptb_lstm"]
+    assert "unknown" in qnn["ptb/lstm-other"]["not_reproduced"]
 
 
 @pytest.mark.parametrize("paper", ["qnn", "dorefa"])
@@ -284,9 +285,10 @@ def test_every_runnable_row_composes_validates_and_sets_its_bits(paper):
 
 def test_every_rows_preset_runs_on_mnist_here():
     """Each preset a row launches, plus data=mnist (and AlexNet's image size), validates: the table's
-    rows run here at small scale (the rows differ from their preset only in bit widths)."""
+    rows run here at small scale (the rows differ from their preset only in bit widths). The PTB
+    rows' language models need a text corpus: tests/test_lm.py runs them on a generated one."""
     presets = {(table, row["overrides"][0]) for paper in ("qnn", "dorefa") for table, row in _table_rows(paper)
-               if row.get("overrides") and "bnn_" not in row["overrides"][0]}
+               if row.get("overrides") and "bnn_" not in row["overrides"][0] and table != "ptb"}
     assert len({p for _, p in presets}) == 8
     for table, preset in sorted(presets):
         validate(compose(here(preset)))

@@ -4,6 +4,10 @@ Each line's whitespace-separated words followed by ``<eos>``; the vocabulary com
 split, ordered by decreasing count then alphabetically (as TensorFlow's PTB reader), so ids are
 deterministic. The files already map rare words to ``<unk>``; a valid/test word missing from the
 vocabulary becomes ``<unk>`` when the vocabulary has it, and is an error otherwise.
+
+No md5 is checked: no official per-file checksum is known here with confidence, and the same reader
+serves any corpus written in this format (tests/test_lm.py, scripts/lm_real_text.py). Each file's
+md5 and size go into the run's record instead (``info["files"]``), so a run says what it read.
 """
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
+
+from ..errors import MissingFilesError
+from .archives import FileSpec, Found, file_md5
 
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")
@@ -65,13 +72,42 @@ def find_dir(root: str | Path) -> Path:
         f"ptb.{{train,valid,test}}.txt not found under {root} (looked in {', '.join(SUBDIRS)})")
 
 
-def load_ptb(root: str | Path) -> PTB:
-    folder = find_dir(root)
-    train_words = read_words(folder / "ptb.train.txt")
+def locate(root: Path, download=False, *, root_source: str = "", **_) -> dict[str, Found]:
+    """The three files under ``root`` (see :data:`SUBDIRS`), with their md5s; never downloads
+    (Mikolov's archive has no stable official URL). MissingFilesError says where they go."""
+    try:
+        folder = find_dir(root)
+    except FileNotFoundError:
+        raise MissingFilesError(
+            f"ptb: ptb.{{train,valid,test}}.txt not found under the data root {root} (root from: {root_source or 'argument'}; "
+            f"looked in {', '.join(SUBDIRS)}); nothing is downloaded: put Mikolov's simple-examples/data/ptb.*.txt "
+            f"at {Path(root) / 'ptb'}/") from None
+    found = {}
+    for split in SPLITS:
+        path = folder / f"ptb.{split}.txt"
+        rel = str(path.relative_to(root))  # find_dir's folders are root / sub
+        found[rel] = Found(path, file_md5(path), FileSpec(rel, ""))
+    return found
+
+
+def read(located: dict[str, Found]) -> PTB:
+    """The corpus of :func:`locate`'s files (the dataset registry's reader)."""
+    paths = {Path(rel).name: f.path for rel, f in located.items()}
+    return read_folder({split: paths[f"ptb.{split}.txt"] for split in SPLITS})
+
+
+def read_folder(paths: dict[str, Path]) -> PTB:
+    """The corpus of the ``train``, ``valid`` and ``test`` files, the vocabulary from train."""
+    train_words = read_words(paths["train"])
     vocab = build_vocab(train_words)
     index = {w: i for i, w in enumerate(vocab)}
-    return PTB(train=to_ids(train_words, index), valid=to_ids(read_words(folder / "ptb.valid.txt"), index),
-               test=to_ids(read_words(folder / "ptb.test.txt"), index), vocab=vocab)
+    return PTB(train=to_ids(train_words, index), valid=to_ids(read_words(paths["valid"]), index),
+               test=to_ids(read_words(paths["test"]), index), vocab=vocab)
+
+
+def load_ptb(root: str | Path) -> PTB:
+    folder = find_dir(root)
+    return read_folder({split: folder / f"ptb.{split}.txt" for split in SPLITS})
 
 
 def batchify(ids: torch.Tensor, batch_size: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from . import cifar, imagenet, mnist, svhn
+from . import cifar, imagenet, mnist, ptb, svhn
 from .archives import Download
 
 
@@ -30,6 +30,9 @@ class DatasetSpec:
     sizes: tuple[int, int, int] = (0, 0, 0)
     # files decodable per batch (data.loader=stream, stream.py) instead of held in memory
     can_stream: bool = False
+    # "image": classification splits from data.load(); "text": a token corpus the language-model
+    # loop reads itself (data/ptb.py); num_classes is then the vocabulary and input_shape (bptt,)
+    kind: str = "image"
 
 
 def _mnist(fashion: bool) -> Callable[..., Any]:
@@ -78,6 +81,10 @@ DATASETS: dict[str, DatasetSpec] = {
         "imagenet", 1000, (3, imagenet.DEFAULT_IMAGE_SIZE, imagenet.DEFAULT_IMAGE_SIZE), 0,
         "none: the official val folder is the test split", _imagenet, _imagenet_read,
         "<root>/imagenet/{train,val}/<class dir>/<image>", sizes=(1_281_167, 50_000, 0), can_stream=True),
+    # the vocabulary of Mikolov's files (10k words with <unk>, <eos>); a corpus read has its own
+    "ptb": DatasetSpec(
+        "ptb", 10_000, (35,), 0, "none: ptb.valid.txt is the validation split", ptb.locate, ptb.read,
+        "<root>/{.,ptb,PTB,simple-examples/data}/ptb.{train,valid,test}.txt", kind="text"),
 }
 
 

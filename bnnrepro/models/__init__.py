@@ -14,17 +14,19 @@ from .alexnet import binary_alexnet, dorefa_alexnet
 from .bnn_convnet import bnn_convnet
 from .dorefa_svhn import dorefa_svhn
 from .googlenet import Inception, googlenet
-from .lstm_lm import lstm_lm
+from .language_model import gru_lm, lstm_lm, rnn_lm
 from .mlp import mlp
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": mlp, "bnn_convnet": bnn_convnet, "dorefa_svhn": dorefa_svhn, "dorefa_alexnet": dorefa_alexnet,
     "binary_alexnet": binary_alexnet, "googlenet": googlenet,
-    "lstm_lm": lstm_lm,  # lstm_lm is not Sequential: (T, B) tokens in
+    # language models: not Sequential, (T, B) tokens in; trained by train/lm.py on a text dataset
+    "lstm_lm": lstm_lm, "gru_lm": gru_lm, "rnn_lm": rnn_lm,
 }
+LANGUAGE_MODELS = ("lstm_lm", "gru_lm", "rnn_lm")
 
 # models whose layers have no gradient quantizer: their scheme's gradient role must be the identity
-NO_GRADIENT_QUANT = ("lstm_lm",)
+NO_GRADIENT_QUANT = LANGUAGE_MODELS
 
 
 def names() -> list[str]:

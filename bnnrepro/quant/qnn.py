@@ -61,7 +61,7 @@ class QnnLinear(Quantizer):
       the degenerate 1-bit two's-complement grid {-1, 0};
     * ``scale`` (default 1) stretches the grid to ``scale * [minV, maxV]``; keep it a power of two
       and the values stay fixed-point (a shift). Used for LSTM weights, whose natural range is far
-      below 1 (``models.lstm_lm``);
+      below 1 (``models.language_model``);
     * ``stochastic=True`` rounds ``floor(x * 2**(k-1) + U[0, 1))`` (unbiased) while training and
       deterministically in eval, as BNN's stochastic sign does;
     * gradient: straight-through, cancelled where |x| > ``clip * scale`` (hard-tanh window, clip 1);

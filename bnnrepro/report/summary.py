@@ -157,9 +157,34 @@ def _branch_starts(model: nn.Module) -> dict[int, int]:
     return starts
 
 
-def profile(model: nn.Module, input_shape: tuple, title: str = "") -> ModelSummary:
+def _layers(model: nn.Module) -> tuple[list[tuple[str, nn.Module]], bool]:
+    """The stages to list (an Inception block's branches walked), and whether the model is a
+    feed-forward Sequential. Another model (a language model) lists its modules that hold
+    parameters, in order; it takes tokens, so no forward pass on a zero input is tried."""
     layers = stages(model, branches=True)
-    shapes, failure = _output_shapes(model, layers, input_shape)
+    if len(layers) == 1 and layers[0][1] is model and any(True for _ in model.children()):
+        return [(n, m) for n, m in model.named_modules() if n and any(True for _ in m.parameters(recurse=False))], False
+    return layers, True
+
+
+def _recurrent_macs(layer: LayerStats, m: nn.Module, in_bits: int) -> int:
+    """A recurrent layer (W_ih x + W_hh h per token): MACs per token at each product's precision;
+    the bits of the hidden state it passes on."""
+    act = getattr(m, "act_quantizer", None)
+    h_bits = int(getattr(act, "precision", FLOAT)) if act is not None else FLOAT
+    layer.in_bits, layer.w_bits = in_bits, int(getattr(m.weight_quantizer, "precision", FLOAT))
+    layer.macs[max(in_bits, layer.w_bits)] += m.weight_ih.numel()
+    layer.macs[max(h_bits, layer.w_bits)] += m.weight_hh.numel()
+    return h_bits
+
+
+def profile(model: nn.Module, input_shape: tuple, title: str = "") -> ModelSummary:
+    layers, feed_forward = _layers(model)
+    if feed_forward:
+        shapes, failure = _output_shapes(model, layers, input_shape)
+    else:
+        shapes, failure = {}, (f"{type(model).__name__} takes token ids: MACs are per token, output shapes "
+                               "are not shown")
     summary = ModelSummary(title or type(model).__name__, tuple(input_shape), [])
     if failure:
         summary.notes.append(failure)
@@ -188,6 +213,8 @@ def profile(model: nn.Module, input_shape: tuple, title: str = "") -> ModelSumma
             if pixels is not None:
                 layer.macs[max(layer.in_bits, layer.w_bits)] += m.weight.numel() * pixels
             bits = FLOAT
+        elif hasattr(m, "weight_ih") and hasattr(m, "weight_hh") and hasattr(m, "weight_quantizer"):
+            bits = _recurrent_macs(layer, m, bits)
         elif _is_activation_quantizer(m):
             bits = int(m.precision)
         elif not isinstance(m, KEEPS_BITS):

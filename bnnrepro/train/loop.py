@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .. import data as datasets
 from ..config import (Config, effective_dropout_hidden, effective_epochs, effective_train_subset,
-                      effective_width_mult, schedule_epochs, validate)
+                      effective_width_mult, is_language_model, schedule_epochs, validate)
 from ..errors import CheckpointError, ConfigError, RunError, StorageError, TrainingDiverged
 from ..nn import precision as matmul_precision
 from .allocator import keep_freed_memory
@@ -242,6 +242,10 @@ def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
             print(f"run {prep.run_dir} is already {prep.state['finished']}; nothing to do", file=sys.stderr)
         return prep.run_dir
     try:
+        if is_language_model(prep.cfg):
+            from .lm import train_lm  # the language-model loop reuses this module's run machinery
+
+            return train_lm(prep, ctx)
         return _train(prep, ctx)
     except BaseException as err:
         # a run that never wrote a checkpoint holds nothing worth keeping (a diverged one keeps its summary)
@@ -252,8 +256,10 @@ def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
         raise
 
 
-def _train(prep: Prepared, ctx: distributed.Context) -> Path:
-    cfg, run_dir, state = prep.cfg, prep.run_dir, prep.state
+def _begin(prep: Prepared, ctx: distributed.Context) -> tuple[float, dict, torch.device, list]:
+    """What every run does first: threads, device, the record of this resume, seeds. Returns the
+    start time, the code version the run started with, the device and the resume records."""
+    cfg, state = prep.cfg, prep.state
     t_start = time.time()
     # the code a run started with; with the code it ends with, it decides whether the run is clean
     code_start = (state or {}).get("code_version_start") or runs.code_version()
@@ -264,6 +270,12 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     if state is not None:
         resumes.append(_resume_record(state, prep.applied, device, ctx.is_main))
     _seed_everything(int(cfg.seed), cfg.train.deterministic)
+    return t_start, code_start, device, resumes
+
+
+def _train(prep: Prepared, ctx: distributed.Context) -> Path:
+    cfg, run_dir, state = prep.cfg, prep.run_dir, prep.state
+    t_start, code_start, device, resumes = _begin(prep, ctx)
     epochs = effective_epochs(cfg)
 
     splits = datasets.load(cfg.data.name, cfg.data.root, download=cfg.data.download,
@@ -299,21 +311,8 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
 
     start_epoch, best, wall_before = 0, {"val_error": math.inf, "test_error": None, "epoch": 0}, 0.0
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ctx.active:
-            ctx.restore_rng(state["rng"], int(cfg.seed), state["epoch"], device)
-        else:
-            torch.set_rng_state(state["rng"]["torch"])
-            if device.type == "cuda" and state["rng"].get("cuda") is not None:
-                torch.cuda.set_rng_state(state["rng"]["cuda"])
-        start_epoch, best, wall_before = state["epoch"], dict(state["best"]), state["wall_time_s"]
-        if ctx.is_main:
-            print(f"resuming {run_dir} after epoch {start_epoch}", file=sys.stderr)
-    history = ctx.on_main(_read_metrics, run_dir / METRICS, start_epoch)
-    if ctx.is_main:  # atomically: a kill right here must not lose the finished epochs' lines
-        runs.atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+        start_epoch, best, wall_before = _restore(state, cfg, ctx, device, model, optimizer, scheduler, run_dir)
+    history = _reopen_metrics(ctx, run_dir, start_epoch)
 
     logger = build_logger(cfg, run_dir) if ctx.is_main else LocalLogger()
     if ctx.is_main:
@@ -352,12 +351,7 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
                 values = torch.stack([v for _, v, _ in pending]).cpu().tolist()
                 for (at, _, n), value in zip(pending, values):
                     if not math.isfinite(value):
-                        message = (f"loss is {value} at epoch {epoch}, step {at}; the last good "
-                                   f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
-                        if ctx.is_main:
-                            runs.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
-                                                                             "epoch": epoch, "step": at})
-                        raise TrainingDiverged(message)
+                        _diverged(run_dir, value, epoch, at, ctx.is_main)
                     loss_sum += value * n
                     seen += n
                 pending.clear()
@@ -394,18 +388,9 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
         runs.append_line(run_dir / METRICS, json.dumps(row))
         logger.log(row)
         wall = wall_before + time.time() - t_start
-        try:
-            if improved:
-                runs.save_checkpoint(run_dir / runs.BEST,
-                                     _state(cfg, splits, model, epoch, best, wall, code_start=code_start, **extra))
-            runs.save_last(run_dir, _state(cfg, splits, model, epoch, best, wall, optimizer, scheduler, device, rng,
-                                           code_start=code_start, **extra))
-        except (StorageError, OSError) as err:  # disk full, quota, I/O error: the files so far stay as they were
-            why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
-            kept = any((run_dir / name).exists() for name in (runs.LAST, runs.PREVIOUS, runs.BEST))
-            then = (f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}"
-                    if kept else "no checkpoint was written, so the run is removed: free space, then start it again")
-            raise StorageError(f"could not write the checkpoint of epoch {epoch} in {run_dir} ({why}); {then}") from None
+        _save_epoch(run_dir, epoch, improved, lambda **more: _state(cfg, splits, model, epoch, best, wall, **more,
+                                                                    code_start=code_start, **extra),
+                    optimizer, scheduler, device, rng)
         print(f"epoch {epoch:4d}/{epochs}  loss {row['train_loss']:.4f}  val {val['error']:6.2f}%  "
               f"test {test['error']:6.2f}%  best-val test {best['test_error']:6.2f}%  "
               f"({row['epoch_time_s']:.1f} s)", file=sys.stderr)
@@ -413,20 +398,78 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     if not ctx.is_main:
         return run_dir
     summary = _summary(cfg, splits, model, history, best, epochs, wall_before + time.time() - t_start)
+    _finish(prep, summary, logger, precision=precision, code_start=code_start, world=ctx.world, init=init,
+            resumes=resumes)
+    print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
+          f"final {summary['final_test_error']:.2f}%, {summary['wall_time_s']:.0f} s", file=sys.stderr)
+    return run_dir
+
+
+# ------------------------------------------------------------------ shared with the language-model loop (lm.py)
+
+def _restore(state, cfg, ctx, device, model, optimizer, scheduler, run_dir) -> tuple[int, dict, float]:
+    """Load a resumed run's weights, optimizer, schedule and generators; its (epoch, best, wall time)."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    if ctx.active:
+        ctx.restore_rng(state["rng"], int(cfg.seed), state["epoch"], device)
+    else:
+        torch.set_rng_state(state["rng"]["torch"])
+        if device.type == "cuda" and state["rng"].get("cuda") is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"])
+    if ctx.is_main:
+        print(f"resuming {run_dir} after epoch {state['epoch']}", file=sys.stderr)
+    return state["epoch"], dict(state["best"]), state["wall_time_s"]
+
+
+def _reopen_metrics(ctx, run_dir: Path, start_epoch: int) -> list[dict]:
+    """The metric lines of the epochs done (none for a new run), ``metrics.jsonl`` rewritten to them."""
+    history = ctx.on_main(_read_metrics, run_dir / METRICS, start_epoch)
+    if ctx.is_main:  # atomically: a kill right here must not lose the finished epochs' lines
+        runs.atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in history))
+    return history
+
+
+def _diverged(run_dir: Path, value: float, epoch: int, step: int, is_main: bool) -> None:
+    """A non-finite loss: the summary says so (the last good checkpoint is kept), and the run stops."""
+    message = (f"loss is {value} at epoch {epoch}, step {step}; the last good "
+               f"checkpoint (epoch {epoch - 1}) is kept in {run_dir}")
+    if is_main:
+        runs.atomic_write_json(run_dir / SUMMARY, {"status": "diverged", "message": message,
+                                                   "epoch": epoch, "step": step})
+    raise TrainingDiverged(message)
+
+
+def _save_epoch(run_dir: Path, epoch: int, improved: bool, make_state, optimizer, scheduler, device, rng) -> None:
+    """``best.pt`` when the epoch improved, then ``last.pt``; ``make_state(**more)`` builds a
+    checkpoint (``more``: the optimizer, schedule and generators, for ``last.pt`` only). A failed
+    write is a StorageError that says what was kept."""
+    try:
+        if improved:
+            runs.save_checkpoint(run_dir / runs.BEST, make_state())
+        runs.save_last(run_dir, make_state(optimizer=optimizer, scheduler=scheduler, device=device, rng_ranks=rng))
+    except (StorageError, OSError) as err:  # disk full, quota, I/O error: the files so far stay as they were
+        why = getattr(err, "reason", None) or getattr(err, "strerror", None) or str(err)
+        kept = any((run_dir / name).exists() for name in (runs.LAST, runs.PREVIOUS, runs.BEST))
+        then = (f"the last complete checkpoint is kept: free space, then bnnrepro train resume={run_dir}"
+                if kept else "no checkpoint was written, so the run is removed: free space, then start it again")
+        raise StorageError(f"could not write the checkpoint of epoch {epoch} in {run_dir} ({why}); {then}") from None
+
+
+def _finish(prep: Prepared, summary: dict, logger, *, precision, code_start, world, init, resumes) -> None:
+    """Complete ``summary`` with the run's provenance, write it (atomically, last), draw the curves."""
     summary["precision"] = precision
     summary["code_version_start"] = code_start
-    summary["world_size"] = ctx.world
+    summary["world_size"] = world
     summary["config_hash"] = prep.config_hash
     if init is not None:
         summary["init_from"] = init
     if resumes:
         summary["resumes"] = resumes
-    runs.atomic_write_json(run_dir / SUMMARY, summary)
-    runs.draw_curves(run_dir)  # a plotting failure warns; the run stays completed
+    runs.atomic_write_json(prep.run_dir / SUMMARY, summary)
+    runs.draw_curves(prep.run_dir)  # a plotting failure warns; the run stays completed
     logger.finish(summary)
-    print(f"test error {summary['test_error']:.2f}% (at best validation epoch {best['epoch']}), "
-          f"final {summary['final_test_error']:.2f}%, {summary['wall_time_s']:.0f} s", file=sys.stderr)
-    return run_dir
 
 
 def _state(cfg, splits, model, epoch, best, wall, optimizer=None, scheduler=None, device=None,
@@ -473,6 +516,15 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
         "epochs_done": last["epoch"], "epochs": epochs, "wall_time_s": wall,
         "epoch_time_s": float(np.mean([r["epoch_time_s"] for r in history])),
         "images_per_s": float(np.mean([r["images_per_s"] for r in history])),
+        **_run_fields(cfg, model, epochs, int(splits.train_x.shape[0]), splits.info,
+                      train_examples=int(splits.train_x.shape[0])),
+    }
+
+
+def _run_fields(cfg, model, epochs: int, n_train: int, data_info: dict, /, **effective) -> dict:
+    """The part of ``summary.json`` every run has: what was trained (dataset, model, quantizers,
+    scale, the effective settings, ``effective`` added to them), on what, and by which code."""
+    return {
         "dataset": cfg.data.name, "model": cfg.model.name,
         "quantizer": {"weight": cfg.quant.weight, "w_bits": cfg.quant.w_bits,
                       "activation": cfg.quant.activation, "a_bits": cfg.quant.a_bits,
@@ -480,13 +532,13 @@ def _summary(cfg, splits, model, history, best, epochs, wall) -> dict:
         "scale": cfg.scale.name, "width_mult": effective_width_mult(cfg),
         "effective": {"epochs": epochs, "width_mult": effective_width_mult(cfg),
                       "dropout_hidden": effective_dropout_hidden(cfg), "lr_schedule_epochs": schedule_epochs(cfg),
-                      "train_examples": int(splits.train_x.shape[0])},
-        "train_examples": int(splits.train_x.shape[0]), "seed": int(cfg.seed),
+                      **effective},
+        "train_examples": n_train, "seed": int(cfg.seed),
         "paper": cfg.paper, "experiment": cfg.experiment,
         "n_params": sum(p.numel() for p in model.parameters()),
         "code_version": runs.code_version(), "environment": runs.environment(),
         "invocation": runs.invocation(_overrides()),
-        "data": splits.info,
+        "data": data_info,
     }
 
 

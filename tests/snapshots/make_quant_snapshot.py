@@ -7,7 +7,7 @@ this file: for every ``conf/paper/*.yaml`` (``+paper=X``) and ``conf/experiment/
 (the report targets) at ``scale=smoke``: the resolved config (paths and other
 run-independent fields left out), and the model it builds, module by module: parameter and buffer
 names and shapes, and for every quantizer module its registry name, precision and settings. Presets
-that fail validation on purpose (the PTB LSTM) are recorded with the error. ``--smoke-runs`` also
+that fail validation are recorded with the error. ``--smoke-runs`` also
 trains two seeded smoke runs (BNN and DoReFa) and records their metrics (timings left out).
 
 The format names quantizers by registry name and declared attributes only, never by Python class
