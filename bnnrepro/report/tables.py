@@ -173,7 +173,8 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
         "code_version": ", ".join(sorted(frame["code_version"].unique())) if used else "",
         "runs": ", ".join(r.id for r in used),
         "run_dirs": "; ".join(f"{RECORDS}/{r.id}" for r in used),
-        "preset": " ".join(row.overrides),
+        "preset": " ".join(row.overrides) + (f" train.init_from=<row {row.init_from_row}'s run of that seed>"
+                                             if row.init_from_row else ""),
         "status": _status(plan, n, table.paper, field),
         "figure": _row_figure(table, plan, out_dir) if figures and used else "",
         "note": row.note or "",
