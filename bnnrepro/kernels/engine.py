@@ -370,7 +370,13 @@ class PackedModel:
 
     @classmethod
     def from_torch(cls, model: nn.Module, input_shape: tuple, meta: dict | None = None) -> "PackedModel":
-        """``input_shape`` is one sample's uint8 shape, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``."""
+        """``input_shape`` is one sample's uint8 shape, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``.
+        A model with DoReFa quantizers (multi-bit weights/activations) gets the bit-serial engine,
+        a :class:`~bnnrepro.kernels.multibit_engine.MultiBitModel` with the same interface."""
+        from .multibit_engine import MultiBitModel, uses_multibit
+
+        if uses_multibit(model):
+            return MultiBitModel.from_torch(model, input_shape, meta)
         return cls(build_layers(model, input_shape), input_shape, meta)
 
     @property
@@ -390,17 +396,7 @@ class PackedModel:
         return self._runners[batch]
 
     def _check_input(self, x) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        if x.dtype != np.uint8:
-            raise TypeError(f"the packed engine takes uint8 pixels, got {x.dtype}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            if int(np.prod(x.shape[1:])) == int(np.prod(self.input_shape)):
-                x = x.reshape((len(x),) + self.input_shape)
-            else:
-                raise ValueError(f"input shape {tuple(x.shape[1:])} != packed model's {self.input_shape}")
-        return np.ascontiguousarray(x)
+        return check_input(x, self.input_shape)
 
     def forward(self, x_uint8, batch_size: int = 256) -> torch.Tensor:
         x = self._check_input(x_uint8)
@@ -432,6 +428,21 @@ class PackedModel:
 
     def weight_bytes(self) -> int:
         return sum(layer.weights.bits.nbytes for layer in self.layers)
+
+
+def check_input(x, input_shape: tuple) -> np.ndarray:
+    """uint8 images ``[N, *input_shape]`` (or the same number of values per image), contiguous."""
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.asarray(x)
+    if x.dtype != np.uint8:
+        raise TypeError(f"the packed engine takes uint8 pixels, got {x.dtype}")
+    if tuple(x.shape[1:]) != input_shape:
+        if int(np.prod(x.shape[1:])) == int(np.prod(input_shape)):
+            x = x.reshape((len(x),) + input_shape)
+        else:
+            raise ValueError(f"input shape {tuple(x.shape[1:])} != packed model's {input_shape}")
+    return np.ascontiguousarray(x)
 
 
 def unpack_activation(buf: np.ndarray, layer: Layer, runner: _Runner | None = None) -> np.ndarray:

@@ -1,0 +1,176 @@
+"""Bit-serial multi-bit kernels (W1/W2 x A1/A2/A4) and the DoReFa engine against torch."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from bnnrepro import models
+from bnnrepro.kernels import PackedModel, PackError, commands
+from bnnrepro.kernels import multibit as mb
+from bnnrepro.kernels.multibit_engine import MultiBitModel
+from bnnrepro.models.dorefa_svhn import DOREFA_QUANT
+from bnnrepro.quant import DoReFaActivation, DoReFaWeight, Identity, QuantScheme
+
+SHAPES = [(1, 1, 1), (3, 63, 5), (5, 64, 9), (4, 65, 17), (7, 200, 3)]
+WIDTHS = [(w, a) for w in (1, 2) for a in (1, 2, 4)]
+
+
+def codes(rng, shape, bits):
+    return rng.integers(0, 2 ** bits, shape).astype(np.uint8)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4, 8])
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 130])
+def test_code_planes_match_reference(bits, k):
+    c = codes(np.random.default_rng(k), (3, k), bits)
+    planes = mb.pack_code_planes(c, bits)
+    assert np.array_equal(planes, mb.pack_code_planes_reference(c, bits))
+    # plane j read as +-1 is 2 c_j - 1; sum_j 2**j (2 c_j - 1) = 2c - (2**bits - 1)
+    from bnnrepro.kernels import unpack
+
+    pm1 = unpack(planes, k).astype(np.int64)
+    assert np.array_equal((pm1 * (2 ** np.arange(bits))[None, :, None]).sum(1), 2 * c.astype(np.int64) - 2 ** bits + 1)
+
+
+@pytest.mark.parametrize("w_bits,a_bits", WIDTHS)
+@pytest.mark.parametrize("m,k,n", SHAPES)
+def test_bitserial_gemm_exact(m, k, n, w_bits, a_bits):
+    rng = np.random.default_rng(m * 1000 + k + n)
+    a = codes(rng, (m, k), a_bits)
+    w = mb.MultiBitWeights(codes(rng, (n, k), w_bits), w_bits, 0.37)
+    want = mb.bitserial_gemm_reference(a, w)
+    planes = mb.pack_code_planes(a, a_bits)
+    assert np.array_equal(mb.bitserial_gemm(planes, w), want)
+    assert np.array_equal(mb.bitserial_popcount_reference(planes, w), want)
+    # the float computation: dequantized weights times dequantized activations
+    exact = w.values() @ (a / (2 ** a_bits - 1)).T
+    assert np.allclose(want * w.scale / (2 ** a_bits - 1), exact.T, rtol=1e-12, atol=1e-12)
+
+
+def test_bitserial_gemm_extremes():
+    """All-max codes over a long reduction: no overflow in the plane sums."""
+    k = 4099
+    a = np.full((2, k), 15, np.uint8)
+    w = mb.MultiBitWeights(np.full((3, k), 3, np.uint8), 2, 1 / 3)
+    y = mb.bitserial_gemm(mb.pack_code_planes(a, 4), w)
+    assert (y == 3 * 15 * k).all()
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3])
+def test_weight_codes_from_dorefa(bits):
+    latent = torch.randn(6, 70, generator=torch.Generator().manual_seed(bits))
+    wq = DoReFaWeight(bits)(latent).detach().numpy()
+    w = mb.MultiBitWeights.from_dorefa(wq, bits)
+    assert np.abs(w.values() - wq).max() <= 1e-7
+    if bits == 1:
+        assert np.array_equal(w.values().astype(np.float32), wq)
+    with pytest.raises(ValueError, match="grid|E"):
+        mb.MultiBitWeights.from_dorefa(wq * 1.1 + 0.01, bits)
+
+
+def staircase(gamma, beta, mean, var, bits, eps=1e-4):
+    bn = nn.BatchNorm1d(len(gamma), eps=eps).eval()
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor(gamma)), bn.bias.copy_(torch.tensor(beta))
+        bn.running_mean.copy_(torch.tensor(mean)), bn.running_var.copy_(torch.tensor(var))
+    act = DoReFaActivation(bits)
+    n = 2 ** bits - 1
+    return lambda v: torch.round(act(bn(v)) * n)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_fold_levels_matches_torch_everywhere(bits):
+    """Every integer of the range, through BatchNorm (gamma > 0, < 0, = 0) and quantize_k(clip)."""
+    rng = np.random.default_rng(bits)
+    c = 12
+    gamma = rng.uniform(-1, 1, c).astype(np.float32)
+    gamma[:2] = 0.0
+    gamma[2] = -0.5
+    fn = staircase(gamma, rng.uniform(-0.5, 1.5, c).astype(np.float32), rng.uniform(-30, 30, c).astype(np.float32),
+                   rng.uniform(1, 400, c).astype(np.float32), bits)
+    lo, hi, scale = -300, 300, 0.37
+    th = mb.fold_levels(fn, c, 2 ** bits - 1, lo, hi, scale)
+    y = np.arange(lo, hi + 1)
+    v = torch.from_numpy((y[:, None] * scale * np.ones((1, c))).astype(np.float32))
+    want = fn(v).detach().numpy().astype(np.uint8)
+    assert np.array_equal(th.apply(np.repeat(y[:, None], c, 1)), want)
+    assert np.array_equal(th.apply_reference(np.repeat(y[:, None], c, 1)), want)
+    assert len(np.unique(want[:, 3])) > 1  # the test crosses steps
+
+
+def test_fold_levels_round_half_to_even():
+    """quantize_1 of exactly 0.5 is 0 and quantize_2 of 0.5 (1.5 steps) is 2: torch's ties."""
+    ident = staircase([1.0], [0.0], [0.0], [1.0 - 1e-4], 1)  # BN(v) = v exactly
+    th = mb.fold_levels(ident, 1, 1, -4, 4, 0.5)
+    assert th.apply(np.array([[0], [1], [2]])).ravel().tolist() == [0, 0, 1]
+    two = staircase([1.0], [0.0], [0.0], [1.0 - 1e-4], 2)
+    th2 = mb.fold_levels(two, 1, 3, -4, 4, 0.5)
+    assert th2.apply(np.array([[0], [1], [2]])).ravel().tolist() == [0, 2, 3]
+
+
+def dorefa_mlp(w_bits, a_bits, hidden=(70, 65, 30), seed=0, **overrides):
+    torch.manual_seed(seed)
+    quant = QuantScheme.from_config({**DOREFA_QUANT, "w_bits": w_bits, "a_bits": a_bits, **overrides})
+    model = models.build("mlp", input_shape=(1, 8, 8), num_classes=10, quant=quant, hidden=hidden)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm1d):
+                n = m.num_features
+                m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=g) * 0.2 + 0.01)
+                m.weight.copy_(torch.rand(n, generator=g) * 2 - 0.7)  # both signs
+                m.bias.copy_(torch.rand(n, generator=g) * 0.8)
+    return model.eval()
+
+
+@pytest.mark.parametrize("w_bits,a_bits", WIDTHS)
+def test_engine_dorefa_mlp_matches_torch(w_bits, a_bits):
+    model = dorefa_mlp(w_bits, a_bits)
+    x = np.random.default_rng(1).integers(0, 256, (300, 1, 8, 8), dtype=np.uint8)
+    packed = PackedModel.from_torch(model, (1, 8, 8))
+    assert isinstance(packed, MultiBitModel)
+    assert [type(s).__name__ for s in packed.stages] == ["FloatStage", "BitSerialStage", "BitSerialStage",
+                                                          "FloatStage"]
+    with torch.no_grad():
+        want = model(torch.from_numpy(x).float().mul(2 / 255).sub(1))
+    got = packed.forward(x, batch_size=128)
+    assert torch.equal(got.argmax(1), want.argmax(1))
+    assert (got - want).abs().max() < 1e-3
+    rows = commands.compare(model, packed, x)
+    assert rows[0]["out_mismatch"] == 0  # the float first layer is torch's own computation
+    hidden = rows[1]  # codes: torch's float32 rounding may only flip values on a step
+    assert hidden["pre_maxdiff"] < 1e-4 and hidden["forced_mismatch"] <= 1e-3 * hidden["n_out"]
+    records = []
+    packed.run(x[:50], records)
+    assert len(np.unique(records[1]["out"][0])) > 1  # the hidden codes are not constant
+    assert rows[-1]["out_mismatch"] == 0
+
+
+def test_engine_codes_equal_torch_when_float_is_exact():
+    """With E a power of two and A = 1 (values 0/1) torch's float32 matmul is exact: every code equal."""
+    model = dorefa_mlp(1, 1, hidden=(40, 33, 20))
+    with torch.no_grad():
+        for m in model.modules():
+            if getattr(m, "weight_quantizer", None) is not None and isinstance(m.weight_quantizer, DoReFaWeight):
+                m.weight.copy_(torch.sign(m.weight) * 0.125 + (m.weight == 0) * 0.125)
+    x = np.random.default_rng(2).integers(0, 256, (200, 1, 8, 8), dtype=np.uint8)
+    rows = commands.compare(model, PackedModel.from_torch(model, (1, 8, 8)), x)
+    for r in rows[1:3]:
+        assert r["pre_mismatch"] == 0 and r["pre_maxdiff"] == 0.0 and r["out_mismatch"] == 0
+        assert r["forced_mismatch"] == 0
+
+
+def test_engine_refuses_what_it_cannot_pack():
+    with pytest.raises(PackError, match=r"layer 4 .*float weights"):  # a hidden layer kept float
+        m = dorefa_mlp(1, 2)
+        m[4].weight_quantizer = Identity()
+        PackedModel.from_torch(m, (1, 8, 8))
+    with pytest.raises(PackError, match=r"layer 6 .*cabs"):  # min(1, |x|) is no monotone staircase
+        PackedModel.from_torch(dorefa_mlp(1, 2, activation_kwargs={"nonlin": "cabs"}), (1, 8, 8))
+    svhn = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10,
+                        quant=QuantScheme.from_config({**DOREFA_QUANT, "w_bits": 1, "a_bits": 2}))
+    with pytest.raises(PackError, match="convolution"):
+        PackedModel.from_torch(svhn.eval(), (3, 40, 40))
