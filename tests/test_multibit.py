@@ -174,3 +174,39 @@ def test_engine_refuses_what_it_cannot_pack():
                         quant=QuantScheme.from_config({**DOREFA_QUANT, "w_bits": 1, "a_bits": 2}))
     with pytest.raises(PackError, match="convolution"):
         PackedModel.from_torch(svhn.eval(), (3, 40, 40))
+
+
+def test_engine_sign_weights_on_dorefa_activations():
+    """BNN's +-1 weights (E = 1) after a 2-bit DoReFa activation: a bit-serial output layer."""
+    from bnnrepro import quant
+    from bnnrepro.nn import QuantLinear
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Flatten(), QuantLinear(64, 40, weight_quantizer="sign"), nn.BatchNorm1d(40),
+                          quant.build("dorefa_activation", bits=2), QuantLinear(40, 10, weight_quantizer="sign"))
+    model[2].running_var.fill_(0.01)
+    model.eval()
+    x = np.random.default_rng(4).integers(0, 256, (100, 1, 8, 8), dtype=np.uint8)
+    packed = PackedModel.from_torch(model, (1, 8, 8))
+    assert [type(s).__name__ for s in packed.stages] == ["FloatStage", "BitSerialStage"]
+    rows = commands.compare(model, packed, x)
+    assert rows[1]["pre_maxdiff"] < 1e-4 and rows[1]["out_mismatch"] == 0
+    # logits are multiples of 1/3: exact ties between classes, which torch's rounding breaks either way
+    got, want = packed.forward(x), model(torch.from_numpy(x).float().mul(2 / 255).sub(1)).detach()
+    top2 = got.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-4
+    assert clear.sum() > 50 and torch.equal(got.argmax(1)[clear], want.argmax(1)[clear])
+    with pytest.raises(PackError, match=r"layer 4 .*2-bit weights of kind 'linear'"):
+        model[4].weight_quantizer = quant.build("qnn_linear", bits=2)
+        PackedModel.from_torch(model, (1, 8, 8))
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 2), (2, 2)])
+def test_bench_row_bitserial_fc(monkeypatch, w_bits, a_bits):
+    from bnnrepro.kernels import baselines, bench
+
+    monkeypatch.setattr(baselines, "MATMUL_N", 128)
+    monkeypatch.setattr(baselines, "ENGINE_PROBE", (4, 128, 128))
+    row = bench.bench_fc_multibit(3, 130, 70, w_bits, a_bits, 2, np.random.default_rng(0), baselines.Baselines())
+    assert row["case"] == f"FC 3x130->70 W{w_bits}A{a_bits}" and row["bit_exact"] is True
+    assert row["packed_ms"] > 0 and row["torch_fp32_ms"] > 0 and row["ops"] == 2.0 * 3 * 130 * 70

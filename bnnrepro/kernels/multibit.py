@@ -86,6 +86,7 @@ class MultiBitWeights:
     scale: float  # s_w
     planes: DenseWeights = field(init=False, repr=False)  # [bits * N, Kw]: plane i of output n is row i*N + n
     wsum: np.ndarray = field(init=False, repr=False)  # int64 [N]: sum_t (2 u_t - n_w)
+    _scratch: dict = field(default_factory=dict, init=False, repr=False)  # rows -> bgemm output buffer
 
     def __post_init__(self):
         self.codes = np.ascontiguousarray(self.codes, np.uint8)
@@ -169,14 +170,18 @@ def bitserial_popcount_reference(a_planes: np.ndarray, w: MultiBitWeights) -> np
 @njit(parallel=True, cache=True, boundscheck=False)
 def _combine(yp, a_bits, w_bits, n, a_levels, wsum, out):
     m = out.shape[0]
-    for r in prange(m):
+    for r in prange(m):  # column loops innermost: contiguous, vectorised
         for c in range(n):
-            acc = np.int64(0)
-            for j in range(a_bits):
-                row = r * a_bits + j
-                for i in range(w_bits):
-                    acc += np.int64(yp[row, i * n + c]) << (i + j)
-            out[r, c] = (acc + a_levels * wsum[c]) >> 1
+            out[r, c] = a_levels * wsum[c]
+        for j in range(a_bits):
+            row = r * a_bits + j
+            for i in range(w_bits):
+                sh = np.int64(i + j)
+                base = i * n
+                for c in range(n):
+                    out[r, c] += np.int64(yp[row, base + c]) << sh
+        for c in range(n):
+            out[r, c] >>= 1
 
 
 def bitserial_gemm(a_planes: np.ndarray, w: MultiBitWeights, out: np.ndarray | None = None) -> np.ndarray:
@@ -185,7 +190,12 @@ def bitserial_gemm(a_planes: np.ndarray, w: MultiBitWeights, out: np.ndarray | N
     columns, then ``y = (sum_ij 2**(i+j) y_ij + n_a W_n) / 2`` -> int64 ``[M, N]``."""
     a_planes = np.ascontiguousarray(a_planes, np.uint64)
     m, a_bits, kw = a_planes.shape
-    yp = bgemm(a_planes.reshape(m * a_bits, kw), w.planes)
+    scratch = w._scratch.get(m * a_bits)
+    if scratch is None:  # reused: a fresh [M * bits_a, N * bits_w] int32 buffer per call costs page faults
+        scratch = w._scratch[m * a_bits] = np.empty((m * a_bits, w.planes.npad), np.int32)
+        if len(w._scratch) > 4:
+            w._scratch.pop(next(iter(w._scratch)))
+    yp = bgemm(a_planes.reshape(m * a_bits, kw), w.planes, scratch)
     if out is None or out.shape != (m, w.n):
         out = np.empty((m, w.n), np.int64)
     _combine(yp, a_bits, w.bits, w.n, 2 ** a_bits - 1, w.wsum, out)

@@ -144,9 +144,11 @@ def _blocks(mods):
 def _weights(name, m) -> multibit.MultiBitWeights:
     q = getattr(m, "weight_quantizer", None)
     bits = _precision(q)
-    if _kind(q) != "dorefa_weight" or bits is None or bits >= 32:
+    if bits is None or bits >= 32:
         raise _fail(name, m, f"float weights (weight quantizer {type(q).__name__}, precision {bits}); only the "
                              f"first and the output layer may be float")
+    if bits > 1 and _kind(q) != "dorefa_weight":  # any 1-bit weight is +-E, checked on the values
+        raise _fail(name, m, f"{bits}-bit weights of kind {_kind(q)!r}; the bit-serial engine takes DoReFa's grid")
     with torch.no_grad():
         w = m.quantized_weight().detach().to(torch.float32).numpy()
     try:
