@@ -210,3 +210,15 @@ def test_bench_row_bitserial_fc(monkeypatch, w_bits, a_bits):
     row = bench.bench_fc_multibit(3, 130, 70, w_bits, a_bits, 2, np.random.default_rng(0), baselines.Baselines())
     assert row["case"] == f"FC 3x130->70 W{w_bits}A{a_bits}" and row["bit_exact"] is True
     assert row["packed_ms"] > 0 and row["torch_fp32_ms"] > 0 and row["ops"] == 2.0 * 3 * 130 * 70
+
+
+def test_no_artifact_for_multibit_nets_yet(tmp_path):
+    from bnnrepro.kernels import artifact
+    from bnnrepro.report import summary
+
+    model = dorefa_mlp(1, 2)
+    with pytest.raises(PackError, match="no .bnn artifact format"):
+        artifact.save(PackedModel.from_torch(model, (1, 8, 8)), tmp_path / "m.bnn")
+    size, note = summary.packed_size(model, (1, 8, 8))
+    assert size is None and note.startswith("does not pack") and "bit-serial" in note
+    assert not list(tmp_path.iterdir())

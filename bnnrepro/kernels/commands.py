@@ -123,8 +123,7 @@ def pack_main(argv: list[str]) -> int:
         try:
             packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
             if isinstance(packed, MultiBitModel):
-                raise PackError("multi-bit (DoReFa) models run with the bit-serial engine (bnnrepro eval <run> "
-                                "--engine packed, bnnrepro compare <run>) but have no .bnn artifact format yet")
+                artifact.save(packed, "")  # refuses it, saying why
         except RuntimeError as err:  # a shape the layers cannot take
             raise ValueError(f"the model does not take input shape {shape}: {str(err).splitlines()[0]}") from None
     except _user_errors() as err:  # PackError is a ValueError

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from . import fold, multibit
-from .engine import _is_monotone_elementwise, _is_skip, _kind, _precision, check_input
+from .walk import _is_monotone_elementwise, _is_skip, _kind, _precision, check_input
 from ..data.preprocess import scale_pm1
 from ..errors import PackError
 from ..models import stages as model_stages
