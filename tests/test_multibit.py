@@ -222,3 +222,48 @@ def test_no_artifact_for_multibit_nets_yet(tmp_path):
     size, note = summary.packed_size(model, (1, 8, 8))
     assert size is None and note.startswith("does not pack") and "bit-serial" in note
     assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def dorefa_run(tmp_path_factory):
+    """The DoReFa MNIST MLP at W1A2 (G4), trained briefly with the project's own loop."""
+    import os
+
+    from conftest import compose, data_root
+
+    root = data_root()
+    if root is None:
+        pytest.skip("MNIST archives not found")
+    from bnnrepro.train import fit
+
+    old = os.environ.get("BNNREPRO_RUNS")
+    os.environ["BNNREPRO_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    try:
+        cfg = compose(["+experiment=dorefa_mnist_mlp", "scale=smoke", "scale.epochs=1", "scale.train_subset=2000",
+                       "quant.w_bits=1", "quant.a_bits=2", "train.progress=false", f"data.root={root}"])
+        return fit(cfg), root
+    finally:
+        if old is None:
+            os.environ.pop("BNNREPRO_RUNS", None)
+        else:
+            os.environ["BNNREPRO_RUNS"] = old
+
+
+def test_trained_dorefa_w1a2_eval_and_compare(dorefa_run, tmp_path, capsys):
+    import json
+
+    from bnnrepro import evaluate
+
+    run, root = dorefa_run
+    opts = {"engine": "torch", "split": "test", "which": "best", "data.root": str(root), "batch_size": 1000}
+    torch_err = evaluate.run(str(run), opts)["error"]
+    assert torch_err < 60.0  # it learned something
+    assert evaluate.run(str(run), {**opts, "engine": "packed"})["error"] == pytest.approx(torch_err, abs=1e-4)  # same count
+    assert commands.compare_main([str(run), "-n", "2000", f"data.root={root}", "--json", str(tmp_path / "c.json")]) == 0
+    assert "predictions differ on 0/2000" in capsys.readouterr().out
+    rows = json.loads((tmp_path / "c.json").read_text())
+    assert [r["kind"] for r in rows[:-1]] == ["float", "dense", "dense", "float"]
+    assert all(r["pre_mismatch"] == 0 for r in rows[:-1])
+    assert rows[1]["forced_mismatch"] <= 1e-3 * rows[1]["n_out"]  # codes: only values on a step may differ
+    assert commands.pack_main([str(run), "--out", str(tmp_path / "m.bnn")]) == 2
+    assert "no .bnn artifact format" in capsys.readouterr().err
