@@ -58,6 +58,41 @@ def test_bitserial_gemm_extremes():
     assert (y == 3 * 15 * k).all()
 
 
+@pytest.mark.parametrize("w_bits,a_bits", WIDTHS)
+@pytest.mark.parametrize("n,c,hw,o,k,stride,pad", [(2, 3, 7, 5, 3, 1, 1), (1, 70, 5, 4, 3, 2, 1),
+                                                   (2, 4, 6, 3, 5, 1, 0), (1, 1, 1, 2, 1, 1, 0)])
+def test_bitserial_conv2d_exact(n, c, hw, o, k, stride, pad, w_bits, a_bits):
+    rng = np.random.default_rng(c * 100 + k)
+    x = codes(rng, (n, c, hw, hw), a_bits)
+    w = mb.MultiBitWeights(codes(rng, (o, c * k * k), w_bits), w_bits, 0.25)
+    want = mb.bitserial_conv2d_reference(x, w, k, k, stride, pad)
+    assert np.array_equal(mb.bitserial_conv2d(x, w, k, k, stride, pad, a_bits).transpose(0, 3, 1, 2), want)
+    # the float convolution of the dequantized values, torch's zero padding included
+    vals = torch.nn.functional.conv2d(torch.from_numpy(x / (2 ** a_bits - 1)),
+                                      torch.from_numpy(w.values().reshape(o, c, k, k)), stride=stride, padding=pad)
+    assert np.allclose(want * w.scale / (2 ** a_bits - 1), vals.numpy(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("w_bits,a_bits", [(1, 2), (2, 4)])
+def test_engine_dorefa_svhn_matches_torch(w_bits, a_bits):
+    """DoReFa's SVHN net (variant D): float conv0, six bit-serial convolutions (SAME padding by code 0,
+    max-pools on the codes), the float FC on the clipped conv6."""
+    torch.manual_seed(0)
+    model = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10, variant="D",
+                         quant=QuantScheme.from_config({**DOREFA_QUANT, "w_bits": w_bits, "a_bits": a_bits}))
+    randomize_bn(model, seed=1)
+    packed = PackedModel.from_torch(model, (3, 40, 40))
+    assert [s.kind for s in packed.stages] == ["float"] + ["conv"] * 6 + ["float"]
+    x = np.random.default_rng(2).integers(0, 256, (12, 3, 40, 40), dtype=np.uint8)
+    rows = commands.compare(model, packed, x)
+    for r in rows[1:-2]:
+        assert r["pre_maxdiff"] < 1e-4 and r["forced_mismatch"] <= 1e-3 * r["n_out"], r
+    assert rows[-1]["out_mismatch"] == 0
+    records = []
+    packed.run(x[:4], records)
+    assert all(len(np.unique(rec["out"][0])) > 1 for rec in records[1:6])  # the codes are not constant
+
+
 @pytest.mark.parametrize("bits", [1, 2, 3])
 def test_weight_codes_from_dorefa(bits):
     latent = torch.randn(6, 70, generator=torch.Generator().manual_seed(bits))
@@ -114,14 +149,20 @@ def dorefa_mlp(w_bits, a_bits, hidden=(70, 65, 30), seed=0, **overrides):
     torch.manual_seed(seed)
     quant = QuantScheme.from_config({**DOREFA_QUANT, "w_bits": w_bits, "a_bits": a_bits, **overrides})
     model = models.build("mlp", input_shape=(1, 8, 8), num_classes=10, quant=quant, hidden=hidden)
+    return randomize_bn(model, seed)
+
+
+def randomize_bn(model, seed=0):
+    """BN statistics of a trained-looking DoReFa net (pre-activations spread over the clip window),
+    both signs of gamma."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, nn.BatchNorm1d):
+            if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
                 n = m.num_features
                 m.running_mean.copy_(torch.randn(n, generator=g) * 0.3)
                 m.running_var.copy_(torch.rand(n, generator=g) * 0.2 + 0.01)
-                m.weight.copy_(torch.rand(n, generator=g) * 2 - 0.7)  # both signs
+                m.weight.copy_(torch.rand(n, generator=g) * 2 - 0.7)
                 m.bias.copy_(torch.rand(n, generator=g) * 0.8)
     return model.eval()
 
@@ -170,10 +211,15 @@ def test_engine_refuses_what_it_cannot_pack():
         PackedModel.from_torch(m, (1, 8, 8))
     with pytest.raises(PackError, match=r"layer 6 .*cabs"):  # min(1, |x|) is no monotone staircase
         PackedModel.from_torch(dorefa_mlp(1, 2, activation_kwargs={"nonlin": "cabs"}), (1, 8, 8))
-    svhn = models.build("dorefa_svhn", input_shape=(3, 40, 40), num_classes=10,
-                        quant=QuantScheme.from_config({**DOREFA_QUANT, "w_bits": 1, "a_bits": 2}))
-    with pytest.raises(PackError, match="convolution"):
-        PackedModel.from_torch(svhn.eval(), (3, 40, 40))
+    from bnnrepro import quant
+    from bnnrepro.nn import QuantConv2d, QuantLinear
+
+    pool_first = nn.Sequential(QuantConv2d(3, 8, 3), nn.BatchNorm2d(8), quant.build("dorefa_activation", bits=2),
+                               QuantConv2d(8, 8, 3, weight_quantizer=("dorefa_weight", {"bits": 1})),
+                               nn.MaxPool2d(2), nn.BatchNorm2d(8), quant.build("dorefa_activation", bits=2),
+                               nn.Flatten(), QuantLinear(8 * 2 * 2, 10))
+    with pytest.raises(PackError, match=r"layer 4 .*max-pool must sit between BatchNorm and the activation"):
+        PackedModel.from_torch(pool_first.eval(), (3, 8, 8))
 
 
 def test_engine_sign_weights_on_dorefa_activations():

@@ -19,6 +19,8 @@ activation plane j (XOR + popcount, the binary kernel of ``gemm``/``tiles``),
 pairs as ONE optimized binary GEMM (activation planes stacked as rows, weight planes as columns)
 and combines them; ``bitserial_gemm_reference`` is the plain integer matrix product, and
 ``bitserial_popcount_reference`` the same plane decomposition with a scalar popcount loop.
+Convolutions: ``bitserial_conv2d`` (im2col of the codes, then the GEMM) and its twin
+``bitserial_conv2d_reference`` (torch's conv2d on the integers, in float64).
 
 Planes use the binary kernels' encoding (``bitpack``: bit 1 = -1), i.e. a plane stores the
 complement of the code bit; padding bits past K are 0 in both operands and never count.
@@ -202,6 +204,37 @@ def bitserial_gemm(a_planes: np.ndarray, w: MultiBitWeights, out: np.ndarray | N
     return out
 
 
+# ---------------------------------------------------------------- convolutions: im2col of codes
+
+def im2col_codes(codes: np.ndarray, kh: int, kw: int, stride: int, pad: int) -> np.ndarray:
+    """``[N, C, H, W]`` codes -> ``[N * Ho * Wo, C * kh * kw]`` (torch's weight order), zero padding as
+    code 0: a DoReFa code 0 is the value 0 that torch pads with, so the padded taps are exact."""
+    n, c, h, w = codes.shape
+    x = np.zeros((n, c, h + 2 * pad, w + 2 * pad), np.uint8)
+    x[:, :, pad:pad + h, pad:pad + w] = codes
+    win = np.lib.stride_tricks.sliding_window_view(x, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    ho, wo = win.shape[2], win.shape[3]
+    return np.ascontiguousarray(win.transpose(0, 2, 3, 1, 4, 5)).reshape(n * ho * wo, c * kh * kw)
+
+
+def bitserial_conv2d_reference(codes: np.ndarray, w: MultiBitWeights, kh: int, kw: int, stride: int,
+                               pad: int) -> np.ndarray:
+    """``[N, C, H, W]`` codes -> ``[N, O, Ho, Wo]`` int64 ``y``, by torch's conv2d in float64 (exact)."""
+    wi = torch.from_numpy((2 * w.codes.astype(np.float64) - w.levels).reshape(w.n, -1, kh, kw))
+    y = torch.nn.functional.conv2d(torch.from_numpy(codes.astype(np.float64)), wi, stride=stride, padding=pad)
+    return y.numpy().astype(np.int64)
+
+
+def bitserial_conv2d(codes: np.ndarray, w: MultiBitWeights, kh: int, kw: int, stride: int, pad: int,
+                     bits: int) -> np.ndarray:
+    """Optimized :func:`bitserial_conv2d_reference`: im2col of the codes, their planes, the bit-serial
+    GEMM -> int64 ``[N, Ho, Wo, O]`` (channels last)."""
+    n, _, h, wd = codes.shape
+    ho, wo = (h + 2 * pad - kh) // stride + 1, (wd + 2 * pad - kw) // stride + 1
+    cols = im2col_codes(codes, kh, kw, stride, pad)
+    return bitserial_gemm(pack_code_planes(cols, bits), w).reshape(n, ho, wo, w.n)
+
+
 # ---------------------------------------------------------------- folded staircase thresholds
 
 @dataclass
@@ -245,14 +278,15 @@ def _levels(y, t, flip, out):
 
 
 def fold_levels(code_fn: Callable[[torch.Tensor], torch.Tensor], channels: int, levels: int, lo: int, hi: int,
-                scale: float) -> LevelThresholds:
+                scale: float, spatial: tuple = ()) -> LevelThresholds:
     """Thresholds of ``code_fn(float32(y * scale))`` (integer codes ``0..levels``, monotone in ``y``
     per channel) over integers ``y`` in ``[lo, hi]``: one :func:`fold.fold_sign` per level ``l`` on
-    the predicate ``code >= l``."""
+    the predicate ``code >= l``; ``spatial``: the trailing shape ``code_fn`` needs (``(1, 1)`` for
+    BatchNorm2d)."""
     ts, flips, bad = [], [], 0
     for level in range(1, levels + 1):
         th = fold.fold_sign(lambda v, level=level: (code_fn(v) >= level).to(torch.float32) - 0.5,
-                            channels, (), lo, hi, scale)
+                            channels, spatial, lo, hi, scale)
         ts.append(th.t)
         flips.append(th.flip)
         bad += th.inconsistent

@@ -1,7 +1,7 @@
-"""Run a DoReFa-style multi-bit fully connected net with the bit-serial kernels (``multibit``).
+"""Run a DoReFa-style multi-bit net (dense and convolutional) with the bit-serial kernels (``multibit``).
 
 ``MultiBitModel.from_torch(model, input_shape)`` walks an ``nn.Sequential`` block by block (a block
-is one Linear/QuantLinear and the modules up to the next one) into stages:
+is one Linear/Conv2d and the modules up to the next one) into stages:
 
 * the first block, whose input is real pixels (``data.scale_pm1``), and the output block when its
   weights or input are float (DoReFa keeps the first and last layers float) run as **float stages**:
@@ -12,6 +12,9 @@ is one Linear/QuantLinear and the modules up to the next one) into stages:
   ``quantize_k(clip(., 0, 1))`` are folded into ``2**k - 1`` integer thresholds per channel
   (``multibit.fold_levels``), or, for the block feeding a float output layer (DoReFa's clipped but
   unquantized last input), evaluated in float32 by torch's modules on ``float32(y * scale)``.
+  Convolutions are im2col of the codes (zero padding is code 0, DoReFa's value 0) into the same
+  kernel; a max-pool between BatchNorm and the activation runs on the output codes (max commutes
+  with the non-decreasing staircase).
 
 Torch's own float pre-activation of a bit-serial layer is a float32 matmul of ``c/n_a`` and
 ``s_w (2u - n_w)``, i.e. the exact value plus rounding; the engine uses the exact value, so a code
@@ -104,23 +107,40 @@ class BitSerialStage:
     out_bits: int | None = None
     tail: object = None  # callable float tensor -> float tensor, when thresholds is None
     kind: str = "dense"
+    conv: tuple | None = None  # (kh, kw, stride, pad) of a convolution
+    pool: nn.Module | None = None  # a max-pool between BatchNorm and the activation, run on the codes
+    flatten: bool = False  # codes out flattened to [N, -1] (an nn.Flatten after the activation)
 
     def __call__(self, value, record: dict | None = None):
         if isinstance(value, torch.Tensor) or value[1] != self.in_bits:
             raise ValueError(f"layer {self.name}: expects {self.in_bits}-bit codes")
-        planes = multibit.pack_code_planes(value[0], self.in_bits)
-        y = multibit.bitserial_gemm(planes, self.weights)
+        codes = value[0]
+        if self.conv is not None:
+            y4 = multibit.bitserial_conv2d(codes, self.weights, *self.conv, self.in_bits)  # [N, Ho, Wo, O]
+            y = y4.reshape(-1, self.weights.n)
+        else:
+            y = multibit.bitserial_gemm(multibit.pack_code_planes(codes.reshape(len(codes), -1), self.in_bits),
+                                        self.weights)
+
+        def torch_layout(a):  # channels-last rows -> [N, O] or [N, O, Ho, Wo]
+            return a if self.conv is None else np.ascontiguousarray(a.reshape(y4.shape).transpose(0, 3, 1, 2))
+
         if record is not None:
-            record["pre"] = torch.from_numpy(y.astype(np.float64) * self.scale)
+            record["pre"] = torch.from_numpy(torch_layout(y.astype(np.float64) * self.scale))
         if self.thresholds is not None:
-            return self.thresholds.apply(y), self.out_bits
+            out = torch_layout(self.thresholds.apply(y))
+            if self.pool is not None:
+                # max commutes with the non-decreasing staircase: the max of the codes is the code of the max
+                with torch.no_grad():
+                    out = self.pool(torch.from_numpy(out).to(torch.float32)).to(torch.uint8).numpy()
+            return (out.reshape(len(out), -1) if self.flatten else out), self.out_bits
         with torch.no_grad():
-            return self.tail(torch.from_numpy((y * self.scale).astype(np.float32)))
+            return self.tail(torch.from_numpy(torch_layout((y * self.scale).astype(np.float32))))
 
 
 def _float_to_codes(v: torch.Tensor, bits: int) -> np.ndarray:
     # DoReFa's output is round(n x) / n in float32; times n it rounds back to the integer exactly
-    return torch.round(v.reshape(len(v), -1) * float(2 ** bits - 1)).to(torch.uint8).numpy()
+    return torch.round(v * float(2 ** bits - 1)).to(torch.uint8).numpy()
 
 
 def _codes_to_float(codes: np.ndarray, bits: int) -> torch.Tensor:
@@ -151,6 +171,7 @@ def _weights(name, m) -> multibit.MultiBitWeights:
         raise _fail(name, m, f"{bits}-bit weights of kind {_kind(q)!r}; the bit-serial engine takes DoReFa's grid")
     with torch.no_grad():
         w = m.quantized_weight().detach().to(torch.float32).numpy()
+    w = w.reshape(len(w), -1)  # a convolution's [O, C, kh, kw]: torch's tap order, as im2col_codes
     try:
         return multibit.MultiBitWeights.from_dorefa(w, bits)
     except ValueError as err:
@@ -159,20 +180,39 @@ def _weights(name, m) -> multibit.MultiBitWeights:
 
 def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
     name, m = block[0]
+    conv = None
     if isinstance(m, nn.Conv2d):
-        raise _fail(name, m, "multi-bit convolutions are not supported by the packed engine (dense layers only)")
+        kh, kw = m.kernel_size
+        s, p = set(m.stride), set(m.padding) if not isinstance(m.padding, str) else {None}
+        if m.groups != 1 or set(m.dilation) != {1} or m.padding_mode != "zeros" or len(s) != 1 or len(p) != 1 \
+                or None in p:
+            raise _fail(name, m, "grouped, dilated, non-zero-padded or unevenly strided/padded convolution")
+        conv = (kh, kw, s.pop(), p.pop())
     q = getattr(m, "input_quantizer", None)
     if q is not None and _precision(q) != 32:
         raise _fail(name, m, f"input quantizer {type(q).__name__} (precision {_precision(q)}) is not supported")
     w = _weights(name, m)
-    stage = BitSerialStage(name, w, in_bits, w.scale / (2 ** in_bits - 1), names=[n for n, _ in block])
+    stage = BitSerialStage(name, w, in_bits, w.scale / (2 ** in_bits - 1), names=[n for n, _ in block], conv=conv,
+                           kind="dense" if conv is None else "conv")
     chain, act = [], None
     for nm, mm in block[1:]:
         if _is_skip(mm):
             continue
+        if isinstance(mm, nn.Flatten):
+            if act is None:
+                chain.append(mm)  # a float output: flattened by the tail
+            else:
+                stage.flatten = True
+            continue
         if act is not None:
             raise _fail(nm, mm, "modules after the activation quantizer are not supported")
-        if _is_monotone_elementwise(mm):
+        if isinstance(mm, nn.MaxPool2d):
+            if stage.pool is not None or not chain:
+                raise _fail(nm, mm, "a max-pool must sit between BatchNorm and the activation (one per block)")
+            stage.pool = mm
+        elif stage.pool is not None and not _code_bits(mm):
+            raise _fail(nm, mm, "only the activation quantizer may follow the max-pool")
+        elif _is_monotone_elementwise(mm):
             chain.append(mm)
         elif _code_bits(mm) is not None:
             act = mm
@@ -187,6 +227,8 @@ def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
             raise _fail(nm, mm, why)
     bias = m.bias.detach() if m.bias is not None else None
     if act is None:
+        if stage.pool is not None:
+            raise _fail(name, m, "a max-pool before a float output is not supported")
         if not last and not chain:
             raise _fail(name, m, "no activation quantizer follows")
         stage.tail = fold.chain_fn(chain, bias)
@@ -195,7 +237,7 @@ def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
     path = fold.chain_fn(chain, bias)
     span = w.k * w.levels * (2 ** in_bits - 1)
     stage.thresholds = multibit.fold_levels(lambda v: torch.round(act(path(v)) * levels), w.n, levels,
-                                            -span, span, stage.scale)
+                                            -span, span, stage.scale, () if conv is None else (1, 1))
     if stage.thresholds.inconsistent:
         raise _fail(name, m, "the per-channel chain is not elementwise")
     return stage
