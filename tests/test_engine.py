@@ -113,7 +113,7 @@ def test_other_orders_pools_strides_and_biases():
 @pytest.mark.parametrize("bad,name,why", [
     (lambda: nn.Linear(64, 10), "4", "float layer"),
     (lambda: QuantLinear(64, 10, weight_quantizer="identity"), "4", "not \\+-1"),
-    (lambda: quant.build("dorefa_activation", bits=2), "3", "2-bit activations"),
+    (lambda: quant.build("qnn_linear", bits=2), "3", "2-bit activations"),  # DoReFa's: test_multibit
     (lambda: nn.ReLU(), "3", "not supported"),
 ])
 def test_unpackable_layers_fail_naming_the_layer(bad, name, why):

@@ -1,6 +1,8 @@
 """Bit-packed binary inference on CPU (numba): packing, binary GEMM/conv/max-pool (a reference
 and an optimized kernel each), BatchNorm+sign folded into integer thresholds, a whole-model
-engine, the ``.bnn`` artifact, and the ``pack``/``compare``/``bench`` commands.
+engine, the ``.bnn`` artifact, and the ``pack``/``compare``/``bench`` commands. Multi-bit DoReFa nets
+(m-bit weights x k-bit activations) run bit-serially: ``multibit`` (kernels, folded staircase
+thresholds) and ``multibit_engine`` (``PackedModel.from_torch`` hands such a model to it).
 
 Bit encoding: bit 1 = -1, bit 0 = +1, and ``x >= 0`` packs to +1 (``sign(0) = +1`` as in
 training); a +-1 dot product of length K is ``K - 2 * popcount(a ^ w)``.
@@ -16,13 +18,16 @@ from .conv import ConvWeights, bconv2d, bconv2d_planes, bconv2d_reference
 from .engine import PackedModel, PackError
 from .fold import Thresholds, fold_sign
 from .gemm import DenseWeights, bgemm, bgemm_reference
+from .multibit import MultiBitWeights, bitserial_gemm, bitserial_gemm_reference
+from .multibit_engine import MultiBitModel
 from .pool import bmaxpool2d, bmaxpool2d_reference
 
 __all__ = [
     "pack_reference", "pack_rows", "pack_nchw", "pack_nchw_reference", "planes_dense", "planes_im2col",
     "unpack", "words", "DenseWeights", "bgemm", "bgemm_reference", "ConvWeights", "bconv2d",
     "bconv2d_planes", "bconv2d_reference", "bmaxpool2d", "bmaxpool2d_reference", "Thresholds", "fold_sign",
-    "PackedModel", "PackError", "warmup", "predict_packed",
+    "PackedModel", "PackError", "warmup", "predict_packed", "MultiBitWeights", "bitserial_gemm",
+    "bitserial_gemm_reference", "MultiBitModel",
 ]
 
 

@@ -62,6 +62,9 @@ def content_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
 
 
 def save(model: PackedModel, path: str | os.PathLike) -> Path:
+    if not isinstance(model, PackedModel):
+        raise PackError(f"a {type(model).__name__} (multi-bit, bit-serial engine) has no .bnn artifact format yet; "
+                        f"run it with bnnrepro eval <run> --engine packed or bnnrepro compare <run>")
     path = Path(path)
     arrays: dict[str, np.ndarray] = {}
     layers = []

@@ -31,13 +31,15 @@ from .baselines import Baselines, matmul_peak
 PEAK_REPS = 4096  # x 8192 words per thread per peak measurement
 TORCH_PATHS = ("fp32", "bf16", "int8")
 # the cases of a full and a --quick run: FC M values at K x N, conv channels in/out and size, the
-# conv batches, the models' batches, the MLP's hidden width and bnn_convnet's arguments (the paper's
-# widths when empty)
+# conv batches, the models' batches, the MLP's hidden width, bnn_convnet's arguments (the paper's
+# widths when empty) and the bit-serial FC rows: M and (weight bits, activation bits) at fc_k x fc_n
 SHAPES = {
     "full": dict(fc_m=(1, 16, 64, 256), fc_k=4096, fc_n=4096, conv=(128, 128, 32), conv_batches=(1, 64),
-                 mlp_batch=256, mlp_hidden=4096, convnet_batch=64, convnet={}),
+                 mlp_batch=256, mlp_hidden=4096, convnet_batch=64, convnet={}, fc_multibit_m=64,
+                 fc_multibit=((1, 2), (2, 2))),
     "quick": dict(fc_m=(1, 64), fc_k=4096, fc_n=4096, conv=(128, 128, 32), conv_batches=(1, 8),
-                  mlp_batch=64, mlp_hidden=4096, convnet_batch=8, convnet={}),
+                  mlp_batch=64, mlp_hidden=4096, convnet_batch=8, convnet={}, fc_multibit_m=64,
+                  fc_multibit=((1, 2), (2, 2))),
 }
 
 
@@ -80,6 +82,32 @@ def bench_fc(m: int, k: int, n: int, repeats: int, rng, baselines: Baselines) ->
     with torch.no_grad():
         tp, times = _timed_paths(lambda: bgemm(ab, W, out), paths, repeats)
     return _row(f"FC {m}x{k}->{n}", "gemm (input packed, weights pre-packed)", 2.0 * m * n * k, tp, times, ok)
+
+
+def bench_fc_multibit(m: int, k: int, n: int, w_bits: int, a_bits: int, repeats: int, rng,
+                      baselines: Baselines) -> dict:
+    """A bit-serial FC layer (``multibit``): k-bit activation codes packed into planes beforehand
+    (as the engine's previous layer leaves them), DoReFa m-bit weight codes pre-packed, exact int
+    pre-activations out; torch runs the same layer on the dequantized float values."""
+    from .multibit import MultiBitWeights, bitserial_gemm, bitserial_gemm_reference, pack_code_planes
+
+    codes = rng.integers(0, 2 ** a_bits, (m, k)).astype(np.uint8)
+    W = MultiBitWeights(rng.integers(0, 2 ** w_bits, (n, k)).astype(np.uint8), w_bits,
+                        1.0 if w_bits == 1 else 1.0 / (2 ** w_bits - 1))
+    planes = pack_code_planes(codes, a_bits)
+    out = np.empty((m, n), np.int64)
+    at = torch.from_numpy((codes / (2 ** a_bits - 1)).astype(np.float32))
+    wt = torch.from_numpy(W.values().astype(np.float32))
+    y = bitserial_gemm(planes, W, out)
+    ok = bool(np.array_equal(y, bitserial_gemm_reference(codes, W)) and
+              np.allclose(y * W.scale / (2 ** a_bits - 1), F.linear(at, wt).numpy(), rtol=1e-5, atol=1e-3))
+    paths = {"fp32": (lambda: F.linear(at, wt), None), "bf16": baselines.bf16_linear(at, wt),
+             "int8": baselines.int8_linear(at, wt)}
+    with torch.no_grad():
+        tp, times = _timed_paths(lambda: bitserial_gemm(planes, W, out), paths, repeats)
+    return _row(f"FC {m}x{k}->{n} W{w_bits}A{a_bits}",
+                f"bit-serial gemm, {w_bits * a_bits} plane pairs (activation planes packed, weights pre-packed)",
+                2.0 * m * n * k, tp, times, ok)
 
 
 def _timed_paths(packed, paths: dict, repeats: int, extra=()) -> tuple:
@@ -371,6 +399,9 @@ def run(quick: bool = False, repeats: int | None = None, with_compile: bool = Tr
     rows = []
     for m in shapes["fc_m"]:
         rows.append(bench_fc(m, shapes["fc_k"], shapes["fc_n"], reps, rng, baselines))
+    for w_bits, a_bits in shapes.get("fc_multibit", ()):
+        rows.append(bench_fc_multibit(shapes["fc_multibit_m"], shapes["fc_k"], shapes["fc_n"], w_bits, a_bits, reps,
+                                      rng, baselines))
     for b in shapes["conv_batches"]:
         for fused in (False, True):
             rows.append(bench_conv(b, *shapes["conv"], reps if b == 1 else mreps, rng, baselines, fused))

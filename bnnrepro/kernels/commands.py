@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from . import artifact
 from .engine import PackedModel, PackError, unpack_activation, pack_activation
+from .multibit_engine import MultiBitModel
 from ..errors import USER_ERRORS
 
 SCALE_PREPROCESSING = ("scale", "scale_pm1")
@@ -121,6 +122,8 @@ def pack_main(argv: list[str]) -> int:
             shape = _check_shape(args.input_shape, shape)
         try:
             packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
+            if isinstance(packed, MultiBitModel):
+                artifact.save(packed, "")  # refuses it, saying why
         except RuntimeError as err:  # a shape the layers cannot take
             raise ValueError(f"the model does not take input shape {shape}: {str(err).splitlines()[0]}") from None
     except _user_errors() as err:  # PackError is a ValueError
@@ -154,6 +157,8 @@ def compare(model: nn.Module, packed: PackedModel, x_uint8: np.ndarray, batch_si
     Per layer: mismatching pre-activations (exact integers; the first layer's ``y/255`` against
     torch's float32 output, max abs difference), mismatching output signs when both run freely,
     and when the packed layer gets torch's own input (teacher forcing: isolates the layer)."""
+    if isinstance(packed, MultiBitModel):
+        return packed.compare(model, x_uint8, batch_size)
     model.eval()
     modules = dict(model.named_modules())
     want = set()

@@ -26,9 +26,8 @@ import torch.nn as nn
 from . import bitpack, conv as convk, fold, pool, tiles
 from ..errors import PackError
 from ..models import stages
-from ..nn import ShiftBatchNorm
-from ..quant import Quantizer
 from .gemm import DenseWeights, row_tables
+from .walk import _is_monotone_elementwise, _is_skip, _kind, _precision, check_input
 
 
 @dataclass
@@ -59,34 +58,13 @@ class Layer:
 
 # ---------------------------------------------------------------- walking the torch model
 
-def _precision(m) -> int | None:
-    return getattr(m, "precision", None)
-
-
 def _is_compute(m) -> bool:
     return isinstance(m, (nn.Linear, nn.Conv2d))
-
-
-def _kind(m) -> str | None:
-    """A quantizer's declared kind (``bnnrepro.quant.base``); None for other modules."""
-    return getattr(m, "kind", None) if isinstance(m, Quantizer) else None
-
-
-def _is_skip(m) -> bool:
-    return isinstance(m, (nn.Dropout, nn.Identity)) or (_kind(m) == "identity" and _precision(m) == 32)
 
 
 def _is_sign(m) -> bool:
     """A deterministic sign in eval mode: kind ``sign`` at 1 bit, not sampling in eval."""
     return _kind(m) == "sign" and _precision(m) == 1 and not getattr(m, "eval_stochastic", False)
-
-
-def _is_monotone_elementwise(m) -> bool:
-    if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return m.track_running_stats
-    if isinstance(m, ShiftBatchNorm):
-        return getattr(m, "track_running_stats", True)
-    return isinstance(m, nn.Hardtanh)
 
 
 def _fail(name, m, why) -> PackError:
@@ -370,7 +348,13 @@ class PackedModel:
 
     @classmethod
     def from_torch(cls, model: nn.Module, input_shape: tuple, meta: dict | None = None) -> "PackedModel":
-        """``input_shape`` is one sample's uint8 shape, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``."""
+        """``input_shape`` is one sample's uint8 shape, e.g. ``(1, 28, 28)`` or ``(3, 32, 32)``.
+        A model with DoReFa quantizers (multi-bit weights/activations) gets the bit-serial engine,
+        a :class:`~bnnrepro.kernels.multibit_engine.MultiBitModel` with the same interface."""
+        from .multibit_engine import MultiBitModel, uses_multibit
+
+        if uses_multibit(model):
+            return MultiBitModel.from_torch(model, input_shape, meta)
         return cls(build_layers(model, input_shape), input_shape, meta)
 
     @property
@@ -390,17 +374,7 @@ class PackedModel:
         return self._runners[batch]
 
     def _check_input(self, x) -> np.ndarray:
-        if isinstance(x, torch.Tensor):
-            x = x.detach().cpu().numpy()
-        x = np.asarray(x)
-        if x.dtype != np.uint8:
-            raise TypeError(f"the packed engine takes uint8 pixels, got {x.dtype}")
-        if tuple(x.shape[1:]) != self.input_shape:
-            if int(np.prod(x.shape[1:])) == int(np.prod(self.input_shape)):
-                x = x.reshape((len(x),) + self.input_shape)
-            else:
-                raise ValueError(f"input shape {tuple(x.shape[1:])} != packed model's {self.input_shape}")
-        return np.ascontiguousarray(x)
+        return check_input(x, self.input_shape)
 
     def forward(self, x_uint8, batch_size: int = 256) -> torch.Tensor:
         x = self._check_input(x_uint8)

@@ -162,6 +162,11 @@ def _sweep_packed(path: Path, levels: dict, opts: SweepOptions, cache: dict, pos
     check_preprocessing(cfg)
     test = load_test_set(cfg, opts.data_root, cache, torch.device("cpu"))
     net = PackedModel.from_torch(model, tuple(shape))
+    if not isinstance(net, PackedModel):  # the bit-serial engine's MultiBitModel: no flippable .bnn bits
+        from ..errors import PackError
+
+        raise PackError(f"{path}: --engine packed distorts the bits of W1A1 nets; this is a multi-bit (DoReFa) net "
+                        f"(bit-serial engine), use --engine torch")
     x, y = test.x_uint8.numpy(), test.y.numpy()
     # the deployed net is the packed one: its own error is the reference (the torch net's, which
     # the first layer's float rounding may change by an image, stays in trained_test_error)
