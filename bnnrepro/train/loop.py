@@ -22,6 +22,7 @@ from ..config import (Config, effective_dropout_hidden, effective_epochs, effect
                       effective_width_mult, is_language_model, schedule_epochs, validate)
 from ..errors import CheckpointError, ConfigError, RunError, StorageError, TrainingDiverged
 from ..nn import precision as matmul_precision
+from ..threads import set_threads
 from .allocator import keep_freed_memory
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
@@ -264,7 +265,7 @@ def _begin(prep: Prepared, ctx: distributed.Context) -> tuple[float, dict, torch
     # the code a run started with; with the code it ends with, it decides whether the run is clean
     code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
-        torch.set_num_threads(int(cfg.train.num_threads))
+        set_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
     resumes = list((state or {}).get("resumes") or [])
     if state is not None:
