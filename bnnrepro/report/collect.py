@@ -16,7 +16,7 @@ def to_frame(runs: list[Run]) -> pd.DataFrame:
             "run_id": r.id, "path": str(r.path), "seed": s["seed"], "scale": s["scale"],
             "test_error": float(s["test_error"]), "best_val_error": s.get("best_val_error"),
             "best_epoch": s.get("best_epoch"), "final_test_error": s.get("final_test_error"),
-            "test_perplexity": s.get("test_perplexity"),
+            "test_perplexity": s.get("test_perplexity"), "test_top5_error": s.get("test_top5_error"),
             "epochs_done": s["epochs_done"], "epochs": s.get("epochs"), "wall_time_s": float(s["wall_time_s"]),
             "code_version": r.code, "experiment": s.get("experiment"), "paper": s.get("paper"),
             "dataset": s.get("dataset"), "model": s.get("model"), "w_bits": q.get("w_bits"),

@@ -29,11 +29,12 @@ def metric_name(table: Table) -> str:
     return name + UNIT_SUFFIX[table.unit]
 
 
-def convert(table: Table, runs: pd.DataFrame) -> pd.Series:
-    """The runs' result in the paper's metric and unit (``test_error`` is a percent)."""
+def convert(table: Table, runs: pd.DataFrame, column: str = "test_error") -> pd.Series:
+    """The runs' result in the paper's metric and unit (``test_error`` is a percent; ``column`` may
+    be ``test_top5_error``, a percent too)."""
     if table.metric == "perplexity":
         return pd.to_numeric(runs["test_perplexity"], errors="coerce")
-    err = runs["test_error"].astype(float)
+    err = pd.to_numeric(runs[column], errors="coerce").astype(float)
     value = err if table.metric == "test_error" else 100.0 - err
     return value / 100.0 if table.unit == "fraction" else value
 
@@ -178,7 +179,17 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
         "status": _status(plan, n, table.paper, field),
         "figure": _row_figure(table, plan, out_dir) if figures and used else "",
         "note": row.note or "",
+        **(_top5_cells(table, row, frame, decimals) if table.top5 else {}),
     }
+
+
+def _top5_cells(table: Table, row: Row, frame: pd.DataFrame, decimals: int) -> dict:
+    """The paper's top-5 number and the reproduced one (mean ± std over the runs that recorded it)."""
+    values = convert(table, frame, "test_top5_error").dropna() if len(frame) else pd.Series(dtype=float)
+    n = int(values.size)
+    text = _fmt(float(values.mean()), decimals) + (f" ± {_fmt(float(values.std(ddof=1)), decimals)}" if n > 1 else "") \
+        if n else ""
+    return {"paper_top5": (row.paper_top5 or NO_PAPER).display(), "reproduced_top5": text}
 
 
 def build(table: Table, plans: list[RowPlan], found: Scan, out_dir: Path, *, scale: str,

@@ -112,6 +112,7 @@ class Row:
     # the id of the row (same table) whose trained run of the same seed and scale this row starts
     # from (train.init_from: DoReFa's "initialized from the 32-bit model" rows)
     init_from_row: str | None = None
+    paper_top5: PaperNumber | None = None  # the paper's top-5 number (tables with top5: true)
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,7 @@ class Table:
     output: str | None = None
     seeds: tuple[int, ...] | None = None
     checks: tuple[Check, ...] = ()
+    top5: bool = False         # also the top-5 columns (paper and reproduced), in the table's metric
 
     @property
     def name(self) -> str:
@@ -269,9 +271,10 @@ def _row(d: Any, table_where: str, columns: tuple[str, ...]) -> Row:
     if any(o.split("=", 1)[0].lstrip("+~") == "train.init_from" for o in overrides):
         raise TargetsError(f"{where}: overrides must not set train.init_from (a path of one machine): "
                            "name the row it starts from with init_from_row")
+    top5 = None if d.get("paper_top5") is None else _number(d["paper_top5"], where)
     return Row(rid, dict(labels), paper, tuple(overrides), not_reproduced,
                tuple(str(s) for s in gpu), d.get("note"), scale, None if seeds is None else tuple(seeds),
-               init_from_row)
+               init_from_row, top5)
 
 
 def _checks(raw: Any, where: str, row_ids: list[str], metric: str = "test_error") -> tuple[Check, ...]:
@@ -359,6 +362,15 @@ def _study(raw: Any, where: str) -> Study | None:
     return Study(_need(raw, "output", sw), draws, tuple(sweeps), split_by, claims)
 
 
+def _top5(t: dict, where: str) -> bool:
+    top5 = t.get("top5", False)
+    if not isinstance(top5, bool):
+        raise TargetsError(f"{where}: top5 must be true or false")
+    if top5 and t.get("metric") == "perplexity":
+        raise TargetsError(f"{where}: top5 needs an error or accuracy metric")
+    return top5
+
+
 def parse(raw: Any, where: str = "<targets>") -> Targets:
     if not isinstance(raw, dict):
         raise TargetsError(f"{where}: a targets file is a mapping with paper, title and tables")
@@ -381,6 +393,7 @@ def parse(raw: Any, where: str = "<targets>") -> Targets:
                                    "with overrides (and no init_from_row of its own)")
         tables.append(Table(paper, tid, _need(t, "title", tw), _choice(_need(t, "metric", tw), METRICS, tw, "metric"),
                             _choice(_need(t, "unit", tw), UNITS, tw, "unit"), _need(t, "source", tw), columns, rows,
-                            t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids, t.get("metric", "test_error"))))
+                            t.get("output"), _seeds(t.get("seeds"), tw), _checks(t.get("checks"), tw, ids, t.get("metric", "test_error")),
+                            _top5(t, tw)))
     return Targets(paper, _need(raw, "title", where), tuple(tables), where, str(raw.get("name") or paper),
                    _study(raw.get("study"), where))

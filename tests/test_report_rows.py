@@ -1,5 +1,6 @@
 """Table rows that start from another row's trained run (``init_from_row``: DoReFa's "initialized
-from the 32-bit model" rows): which runs count, what waits, what is launched and with which source."""
+from the 32-bit model" rows): which runs count, what waits, what is launched and with which source;
+and tables with top-5 columns (``top5: true``: the ImageNet tables)."""
 from __future__ import annotations
 
 import pytest
@@ -72,3 +73,24 @@ def test_a_row_may_not_carry_a_machine_path_as_init_from():
         "rows": [{"id": "a", "labels": {"m": "a"}, "paper": None, "overrides": BINARY + ["train.init_from=/x"]}]}]}
     with pytest.raises(targets.TargetsError, match="train.init_from"):
         targets.parse(raw)
+
+
+def test_a_top5_table_shows_the_papers_and_the_reproduced_top5(tmp_path):
+    from bnnrepro.report.tables import _line
+
+    raw = {"paper": "dorefa", "title": "t", "tables": [{
+        "id": "t", "title": "t", "metric": "accuracy", "unit": "percent", "source": "s", "columns": ["m"],
+        "top5": True,
+        "rows": [{"id": "plain", "labels": {"m": "plain"}, "paper": {"value": 50.0, "tag": "U"},
+                  "paper_top5": {"value": 75.5, "tag": "U"}, "overrides": BINARY}]}]}
+    table = targets.parse(raw).tables[0]
+    root = tmp_path / "runs"
+    write_run(root, "a-s0", BINARY, 0, 20.0, test_top5_error=4.0)
+    write_run(root, "a-s1", BINARY, 1, 22.0, test_top5_error=6.0)
+    plans = _plans(table, root)
+    line = _line(table, plans["plain"], tmp_path, figures=False)
+    # accuracy in percent: 100 - error; top-5 mean of 96 and 94, sample std sqrt(2)
+    assert line["reproduced"] == "79.00 ± 1.41" and line["paper_top5"] == "75.5"
+    assert line["reproduced_top5"] == "95.00 ± 1.41"
+    with pytest.raises(targets.TargetsError, match="top5"):
+        targets.parse({**raw, "tables": [{**raw["tables"][0], "top5": "yes"}]})
