@@ -44,6 +44,9 @@ def test_init_row_waits_for_its_source_then_launches_from_it(tmp_path):
     assert not any("train.init_from" in " ".join(j.argv) for j in jobs)  # nothing to start from yet
     source = write_run(root, "float-s1", FLOAT, 1, 2.0)
     plans = _plans(table, root)
+    assert waiting_for_source(plans["init"]) == [0, 1]  # a record without a checkpoint starts nothing
+    (source / "best.pt").write_bytes(b"")
+    plans = _plans(table, root)
     assert waiting_for_source(plans["init"]) == [0]
     (job,) = [j for j in launch.plan_jobs(list(plans.values()), "smoke", root) if "train.init_from" in " ".join(j.argv)]
     assert "seed=1" in job.argv and f"train.init_from='{source.resolve()}'" in job.argv

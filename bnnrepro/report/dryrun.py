@@ -57,7 +57,7 @@ def dry_run_lines(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scal
     lines = [f"bnnrepro table --dry-run (scale={scale}): nothing is trained or written; runs would go to {runs_dir}"]
     total, count, seen, complete, skipped = 0.0, 0, set(), 0, []
     for plan in plans:
-        key = (tuple(plan.row.overrides), plan.scale)
+        key = (tuple(plan.row.overrides), plan.scale, plan.row.init_from_row)
         if not plan.reproduced or key in seen:
             continue
         seen.add(key)

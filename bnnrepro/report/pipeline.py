@@ -147,8 +147,10 @@ def make_tables(targets: list[Targets], *, runs_dir: Path, out_dir: Path, scale:
         # rows that start from another row's run (init_from_row) launch once that run exists: a
         # second round makes them after the first made their sources
         for round_ in range(2):
-            jobs_todo = launch.plan_jobs([p for table_plans in plans for p in table_plans], scale, runs_dir,
-                                         jobs=jobs, threads=threads)
+            # the second round launches only the init rows whose sources the first made (a run that
+            # failed in the first is not tried twice)
+            todo = [p for table_plans in plans for p in table_plans if round_ == 0 or p.row.init_from_row]
+            jobs_todo = launch.plan_jobs(todo, scale, runs_dir, jobs=jobs, threads=threads)
             if jobs_todo and not allow_dirty:
                 _refuse_dirty_training()
             if not jobs_todo:

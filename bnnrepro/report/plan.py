@@ -158,7 +158,18 @@ def link_sources(plans: list[RowPlan]) -> None:
     for plan in plans:
         source = by_id.get(plan.row.init_from_row) if plan.row.init_from_row else None
         if source is not None and source.scale == plan.scale:
-            plan.sources = dict(source.runs)
+            # a committed record has no checkpoint to start from: only runs of this machine's runs root
+            plan.sources = {seed: run for seed, run in source.runs.items() if _has_checkpoint(run)}
+
+
+def _has_checkpoint(run: Run) -> bool:
+    from ..errors import CheckpointError
+
+    try:
+        run.checkpoint("best")
+    except (CheckpointError, OSError):
+        return False
+    return True
 
 
 def waiting_for_source(plan: RowPlan) -> list[int]:

@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from ..errors import ConfigError
 from .batches import batches as _batches
 from .batches import gather as _gather
 from .batches import evaluate as _evaluate
@@ -230,6 +231,9 @@ class Context:
         each rank evaluating a contiguous part."""
         if not self.active:
             return _evaluate(model, x, y, preprocess, batch_size, loss_fn, device, batch_stats)
+        if batch_stats:  # global BN would pool every rank's batch, and ranks' batch counts differ
+            raise ConfigError("model.bn_eval_stats=batch is not supported under torchrun (each evaluation batch "
+                              "would be normalised with every rank's images); allowed there: running")
         n = x.shape[0]
         if n == 0:
             return {"error": float("nan"), "top5_error": float("nan"), "loss": float("nan")}
