@@ -170,14 +170,14 @@ def listing(root: Path) -> dict:
 
 
 def test_registry_and_names():
-    assert data.names() == ["cifar10", "fashion_mnist", "imagenet", "mnist", "svhn"]
+    assert data.names() == ["cifar10", "fashion_mnist", "imagenet", "mnist", "ptb", "svhn"]
     assert set(data.DATASETS) == set(data.names())
     defaults = {n: s.default_val_size for n, s in data.DATASETS.items()}
-    assert defaults == {"mnist": 10_000, "fashion_mnist": 10_000, "cifar10": 5_000, "svhn": 6_000, "imagenet": 0}
+    assert defaults == {"mnist": 10_000, "fashion_mnist": 10_000, "cifar10": 5_000, "svhn": 6_000, "imagenet": 0, "ptb": 0}
 
 
 def test_unknown_names_and_options_fail_before_io(tmp_path):
-    with pytest.raises(ValueError, match="allowed: cifar10, fashion_mnist, imagenet, mnist, svhn"):
+    with pytest.raises(ValueError, match="allowed: cifar10, fashion_mnist, imagenet, mnist, ptb, svhn"):
         data.load("mnist2", tmp_path)
     with pytest.raises(ValueError, match="allowed: scale, gcn, zca"):
         data.load("mnist", tmp_path, preprocessing="whiten")

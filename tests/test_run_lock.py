@@ -125,7 +125,7 @@ def test_a_lock_in_this_process_blocks_a_second_one(run):
 
 def test_a_run_being_trained_is_listed_running_and_not_resumed_by_table(run, capsys):
     interrupted = SimpleNamespace(path=run)
-    plan = SimpleNamespace(reproduced=True, blocked=None, config=object(), row=SimpleNamespace(scale=None),
+    plan = SimpleNamespace(reproduced=True, blocked=None, config=object(), row=SimpleNamespace(scale=None, init_from_row=None),
                            missing=[], interrupted={0: interrupted})
     assert [j.what for j in launch.plan_jobs([plan], "quick", run.parent)] == ["resume 1 interrupted run(s)"]
     assert runs.frame([run])["status"].tolist() == ["interrupted"]

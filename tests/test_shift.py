@@ -179,6 +179,22 @@ def _adamax_trajectory(fused: bool, seed: int = 0, scale: float = 1.0) -> list[t
     return [p.detach() for p in params] + state
 
 
+def test_the_one_thread_kernel_is_the_parallel_one_bit_for_bit():
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        serial = _adamax_trajectory(True, 3, 27.7128)
+    finally:
+        torch.set_num_threads(before)
+    torch.set_num_threads(max(2, before))
+    try:
+        parallel = _adamax_trajectory(True, 3, 27.7128)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in zip(serial, parallel):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("seed,scale", [(0, 1.0), (1, 1.0), (2, 1.0), (0, 27.7128), (1, 0.3)])
 def test_fused_adamax_is_the_reference_bit_for_bit(seed, scale):
     fused, reference = _adamax_trajectory(True, seed, scale), _adamax_trajectory(False, seed, scale)
@@ -192,7 +208,7 @@ def test_fused_adamax_is_the_reference_bit_for_bit(seed, scale):
 def test_fused_adamax_falls_back_to_the_reference_where_it_cannot_fuse(make, monkeypatch):
     from bnnrepro.optim import shift_adamax
 
-    def no_kernel():
+    def no_kernel(parallel=True):
         raise AssertionError("the Numba loop was called")
 
     monkeypatch.setattr(shift_adamax, "_fused_kernel", no_kernel)

@@ -433,9 +433,10 @@ def main(argv: list[str]) -> int:
     args = commandline.parse(commandline.bench_parser(__doc__.split("\n\n")[0]), argv)
     out_dir = commandline.report_dir("bench", args.out, args.overrides)
     if args.threads:
-        from ..threads import set_threads
+        import numba
 
-        set_threads(args.threads)
+        numba.set_num_threads(args.threads)
+        torch.set_num_threads(args.threads)
     if args.train:
         return _train_bench(args, out_dir, "bnnrepro bench " + " ".join(argv))
     result = run(args.quick, args.repeats, not args.no_compile)

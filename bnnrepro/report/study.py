@@ -66,11 +66,12 @@ def _current(records: Path, run_id: str, sweep_id: str, options: dict) -> bool:
 
 def _sweep_one(task: tuple[str, str, dict, int]) -> list[dict]:
     """In a worker process: one run's sweep, its rows without machine paths."""
+    import torch
+
     from ..robustness import sweep_run
-    from ..threads import set_threads
 
     path, run_id, options, threads = task
-    set_threads(threads)
+    torch.set_num_threads(threads)
     rows = sweep_run(Path(path), list(options["noises"]), _sweep_options(options))
     code = runs.code_label(runs.code_version())
     return [{**row, "run": run_id, "code": code} for row in rows]

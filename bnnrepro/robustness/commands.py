@@ -120,9 +120,9 @@ def main(argv: list[str]) -> int:
             print(write_claims([Path(d) for d in args.claims], Path(out)))
             return 0
         if args.threads:
-            from ..threads import set_threads
+            import torch
 
-            set_threads(args.threads)
+            torch.set_num_threads(args.threads)
         from .outputs import print_summary, write_outputs
         from .sweep import sweep_runs
 

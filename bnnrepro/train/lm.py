@@ -47,6 +47,7 @@ from . import distributed
 from .checkpoint import init_weights
 from .factory import build_model
 from .loggers import build_logger
+from . import loop as _loop
 from .loop import Prepared, _begin, _diverged, _finish, _reopen_metrics, _restore, _run_fields, _save_epoch, _state
 
 EVAL_COLUMNS = 10  # validation and test: contiguous columns, each from a zero state (see above)
@@ -256,3 +257,6 @@ def _summary(cfg, corpus: Corpus, model, history, best, epochs, wall) -> dict:
         **_run_fields(cfg, model, epochs, corpus.train.numel(), corpus.info, train_tokens=corpus.train.numel(),
                       bptt=int(cfg.train.bptt), clip_grad_norm=cfg.train.clip_grad_norm, eval_columns=EVAL_COLUMNS),
     }
+
+
+_loop.LANGUAGE_MODEL_LOOP[:] = [train_lm]

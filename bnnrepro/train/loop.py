@@ -22,7 +22,6 @@ from ..config import (Config, effective_dropout_hidden, effective_epochs, effect
                       effective_width_mult, is_language_model, schedule_epochs, validate)
 from ..errors import CheckpointError, ConfigError, RunError, StorageError, TrainingDiverged
 from ..nn import precision as matmul_precision
-from ..threads import set_threads
 from .allocator import keep_freed_memory
 from ..optim import LatentWeightClipper, build_optimizer, build_scheduler
 from .. import runs
@@ -236,6 +235,11 @@ def fit(cfg: DictConfig) -> Path:
         ctx.close(finished)
 
 
+# the language-model loop (train/lm.py) builds on this module's run machinery, so this module does not
+# import it: lm.py puts its entry point here when the package loads (train/__init__.py imports it)
+LANGUAGE_MODEL_LOOP: list = []
+
+
 def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
     prep = ctx.on_main(prepare, cfg, held)  # only rank 0 touches the runs root
     if prep.state and prep.state.get("finished"):
@@ -244,9 +248,7 @@ def _fit(cfg: DictConfig, ctx: distributed.Context, held: list) -> Path:
         return prep.run_dir
     try:
         if is_language_model(prep.cfg):
-            from .lm import train_lm  # the language-model loop reuses this module's run machinery
-
-            return train_lm(prep, ctx)
+            return LANGUAGE_MODEL_LOOP[0](prep, ctx)
         return _train(prep, ctx)
     except BaseException as err:
         # a run that never wrote a checkpoint holds nothing worth keeping (a diverged one keeps its summary)
@@ -265,7 +267,7 @@ def _begin(prep: Prepared, ctx: distributed.Context) -> tuple[float, dict, torch
     # the code a run started with; with the code it ends with, it decides whether the run is clean
     code_start = (state or {}).get("code_version_start") or runs.code_version()
     if cfg.train.num_threads:
-        set_threads(int(cfg.train.num_threads))
+        torch.set_num_threads(int(cfg.train.num_threads))
     device = ctx.device(cfg.device)
     resumes = list((state or {}).get("resumes") or [])
     if state is not None:
