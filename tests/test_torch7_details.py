@@ -103,3 +103,12 @@ def test_evaluation_with_batch_statistics_depends_on_the_batch_and_uses_train_ba
     cfg = compose(["+experiment=bnn_mnist_torch7", "scale=smoke"])
     assert eval_batching(cfg) == (int(cfg.train.eval_batch_size), False)
     assert eval_batching(cfg, 77) == (77, False)
+
+
+def test_the_packed_engine_refuses_a_batch_statistics_run():
+    from bnnrepro.errors import PackError
+    from bnnrepro.kernels.commands import check_preprocessing
+
+    check_preprocessing(compose(["+experiment=bnn_mnist_torch7", "scale=smoke"]))  # running: packs
+    with pytest.raises(PackError, match=r"model\.bn_eval_stats=batch"):
+        check_preprocessing(compose(["+experiment=bnn_mnist_torch7", "scale=smoke", "model.bn_eval_stats=batch"]))

@@ -32,6 +32,8 @@ def load_torch(source: str, which: str = "best"):
 
 
 def check_preprocessing(cfg) -> None:
+    """What a run's config must say for the packed engine to compute what the run computed: pixels
+    scaled into the first layer, and BatchNorm's running statistics (folded into thresholds)."""
     try:
         pre = cfg.data.preprocessing
     except (AttributeError, KeyError):  # a config without data.preprocessing: nothing to check
@@ -39,6 +41,10 @@ def check_preprocessing(cfg) -> None:
     if pre not in SCALE_PREPROCESSING:
         raise PackError(f"data.preprocessing={pre!r}: the packed engine takes uint8 pixels scaled as "
                         f"x * 2/255 - 1 (data.preprocessing=scale) into its first layer")
+    model = cfg.get("model") if hasattr(cfg, "get") else None
+    if model is not None and model.get("bn_eval_stats", "running") == "batch":
+        raise PackError("model.bn_eval_stats=batch: this net was evaluated with each test batch's own "
+                        "BatchNorm statistics; the packed engine folds the running ones (allowed: running)")
 
 
 def to_packed(source, *, input_shape=None, which: str = "best") -> PackedModel:
