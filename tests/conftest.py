@@ -18,6 +18,25 @@ def data_root() -> Path | None:
     return None
 
 
+def fit_briefly(tmp_path_factory, overrides: list[str]) -> tuple[Path, Path]:
+    """Train ``overrides`` on MNIST with the project's own loop, its runs in a fresh folder (for a
+    module-scoped fixture of a trained run); (run directory, data root). Skips without MNIST."""
+    root = data_root()
+    if root is None:
+        pytest.skip("MNIST archives not found")
+    from bnnrepro.train import fit
+
+    old = os.environ.get("BNNREPRO_RUNS")
+    os.environ["BNNREPRO_RUNS"] = str(tmp_path_factory.mktemp("runs"))
+    try:
+        return fit(compose(list(overrides) + ["train.progress=false", f"data.root={root}"])), root
+    finally:
+        if old is None:
+            os.environ.pop("BNNREPRO_RUNS", None)
+        else:
+            os.environ["BNNREPRO_RUNS"] = old
+
+
 @pytest.fixture
 def mnist_root() -> Path:
     root = data_root()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pytest
@@ -170,24 +169,10 @@ def test_predict_packed_accepts_models_artifacts_and_tensors(tmp_path):
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     """A BNN MLP (784-1024x3-10) trained briefly on MNIST with the project's own training loop."""
-    from conftest import compose, data_root
+    from conftest import fit_briefly
 
-    root = data_root()
-    if root is None:
-        pytest.skip("MNIST archives not found")
-    from bnnrepro.train import fit
-
-    old = os.environ.get("BNNREPRO_RUNS")
-    os.environ["BNNREPRO_RUNS"] = str(tmp_path_factory.mktemp("runs"))
-    try:
-        cfg = compose(["+paper=bnn", "scale=smoke", "scale.epochs=1", "scale.train_subset=2000",
-                       "scale.width_mult=0.25", "train.progress=false", f"data.root={root}"])
-        return fit(cfg), root
-    finally:
-        if old is None:
-            os.environ.pop("BNNREPRO_RUNS", None)
-        else:
-            os.environ["BNNREPRO_RUNS"] = old
+    return fit_briefly(tmp_path_factory, ["+paper=bnn", "scale=smoke", "scale.epochs=1", "scale.train_subset=2000",
+                                          "scale.width_mult=0.25"])
 
 
 def _mnist_test(root):

@@ -273,26 +273,10 @@ def test_no_artifact_for_multibit_nets_yet(tmp_path):
 @pytest.fixture(scope="module")
 def dorefa_run(tmp_path_factory):
     """The DoReFa MNIST MLP at W1A2 (G4), trained briefly with the project's own loop."""
-    import os
+    from conftest import fit_briefly
 
-    from conftest import compose, data_root
-
-    root = data_root()
-    if root is None:
-        pytest.skip("MNIST archives not found")
-    from bnnrepro.train import fit
-
-    old = os.environ.get("BNNREPRO_RUNS")
-    os.environ["BNNREPRO_RUNS"] = str(tmp_path_factory.mktemp("runs"))
-    try:
-        cfg = compose(["+experiment=dorefa_mnist_mlp", "scale=smoke", "scale.epochs=1", "scale.train_subset=2000",
-                       "quant.w_bits=1", "quant.a_bits=2", "train.progress=false", f"data.root={root}"])
-        return fit(cfg), root
-    finally:
-        if old is None:
-            os.environ.pop("BNNREPRO_RUNS", None)
-        else:
-            os.environ["BNNREPRO_RUNS"] = old
+    return fit_briefly(tmp_path_factory, ["+experiment=dorefa_mnist_mlp", "scale=smoke", "scale.epochs=1",
+                                          "scale.train_subset=2000", "quant.w_bits=1", "quant.a_bits=2"])
 
 
 def test_trained_dorefa_w1a2_eval_and_compare(dorefa_run, tmp_path, capsys):
