@@ -43,6 +43,11 @@ def _fmt(x: float | None, decimals: int) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{decimals}f}"
 
 
+def _mean_std(mean: float, std: float, n: int, decimals: int) -> str:
+    """A row's reproduced cell: the mean, and ± the sample std when more than one seed counts."""
+    return _fmt(mean, decimals) + (f" ± {_fmt(std, decimals)}" if n > 1 else "")
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds):
         return ""
@@ -163,7 +168,7 @@ def _line(table: Table, plan: RowPlan, out_dir: Path, figures: bool) -> dict:
         "table": table.name, "row": row.id, **{c: row.labels[c] for c in table.columns},
         "paper": number.display(), "paper_value": number.value, "tag": number.tag,
         "paper_source": number.source or "",
-        "reproduced": _fmt(mean, decimals) + (f" ± {_fmt(std, decimals)}" if n > 1 else ""),
+        "reproduced": _mean_std(mean, std, n, decimals),
         "mean": mean, "std": std, "n": n,
         "delta": "" if math.isnan(delta) else f"{delta:+.{decimals}f}",
         "seeds": ",".join(str(s) for s in sorted(plan.runs)),
@@ -187,9 +192,9 @@ def _top5_cells(table: Table, row: Row, frame: pd.DataFrame, decimals: int) -> d
     """The paper's top-5 number and the reproduced one (mean ± std over the runs that recorded it)."""
     values = convert(table, frame, "test_top5_error").dropna() if len(frame) else pd.Series(dtype=float)
     n = int(values.size)
-    text = _fmt(float(values.mean()), decimals) + (f" ± {_fmt(float(values.std(ddof=1)), decimals)}" if n > 1 else "") \
-        if n else ""
-    return {"paper_top5": (row.paper_top5 or NO_PAPER).display(), "reproduced_top5": text}
+    mean = float(values.mean()) if n else math.nan
+    std = float(values.std(ddof=1)) if n > 1 else math.nan
+    return {"paper_top5": (row.paper_top5 or NO_PAPER).display(), "reproduced_top5": _mean_std(mean, std, n, decimals)}
 
 
 def build(table: Table, plans: list[RowPlan], found: Scan, out_dir: Path, *, scale: str,
