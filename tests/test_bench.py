@@ -59,6 +59,7 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
         assert (r["torch_int8_ms"] is not None) == (result["baselines"]["int8"]["engine"] is not None), r
         assert set(r["null_reasons"]) == {p for p in bench.TORCH_PATHS if r[f"torch_{p}_ms"] is None}
         assert r["torch_fp32_peak_fraction"] == pytest.approx(r["torch_fp32_gops"] / result["matmul_peak_gflops"]["fp32"])
+        assert r["binary_ops"] == r["ops"]  # +-1 cases: one XOR+popcount op pair per multiply-accumulate
         assert r["peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
     mm = result["matmul_peak_gflops"]
     assert isinstance(mm["fp32"], float) and mm["fp32"] > 0

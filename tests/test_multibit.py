@@ -256,6 +256,7 @@ def test_bench_row_bitserial_fc(monkeypatch, w_bits, a_bits):
     row = bench.bench_fc_multibit(3, 130, 70, w_bits, a_bits, 2, np.random.default_rng(0), baselines.Baselines())
     assert row["case"] == f"FC 3x130->70 W{w_bits}A{a_bits}" and row["bit_exact"] is True
     assert row["packed_ms"] > 0 and row["torch_fp32_ms"] > 0 and row["ops"] == 2.0 * 3 * 130 * 70
+    assert row["binary_ops"] == row["ops"] * w_bits * a_bits  # "% of peak" counts the plane pairs run
 
 
 def test_no_artifact_for_multibit_nets_yet(tmp_path):
