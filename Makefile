@@ -52,7 +52,7 @@ test-faults: setup
 	$(BIN)/python -m pytest -q $(FAULT_TESTS)
 
 bench: setup
-	$(BIN)/bnnrepro bench --out results --json results/kernels.json
+	$(BIN)/bnnrepro bench --variants --out results --json results/kernels.json
 
 bench-train: setup
 	$(BIN)/bnnrepro bench --train --out results

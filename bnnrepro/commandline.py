@@ -239,6 +239,9 @@ def bench_parser(description: str = "Benchmark the packed binary kernels against
     p.add_argument("--no-write", action="store_true", help="do not write kernels.md/csv")
     p.add_argument("--no-compile", action="store_true", help="skip the fresh-process compile-time measurement")
     p.add_argument("--threads", type=positive_int, help="threads for both numba and torch (default: all cores)")
+    p.add_argument("--variants", action="store_true",
+                   help="also time the largest FC case with the kernels compiled for other CPU targets (AVX2, "
+                        "SSE4.2, SSE2), one fresh process each, beside the variant this CPU takes")
     p.add_argument("--train", action="store_true",
                    help="time a training step of each protocol against a float net of its shape "
                         "-> train_speed.md (see bnnrepro.train.speed)")

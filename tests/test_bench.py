@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bnnrepro.kernels import baselines, bench
+from bnnrepro.kernels import baselines, bench, variant
 
 TINY = dict(fc_m=(1, 4), fc_k=256, fc_n=128, conv=(64, 64, 8), conv_batches=(1, 2), mlp_batch=4,
             mlp_hidden=128, convnet_batch=1, convnet=dict(channels=(64,) * 6, fc=(64, 64)))
@@ -61,6 +61,7 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
         assert r["torch_fp32_peak_fraction"] == pytest.approx(r["torch_fp32_gops"] / result["matmul_peak_gflops"]["fp32"])
         assert r["binary_ops"] == r["ops"]  # +-1 cases: one XOR+popcount op pair per multiply-accumulate
         assert r["peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
+    assert result["kernel_variant"] == variant.detect()
     mm = result["matmul_peak_gflops"]
     assert isinstance(mm["fp32"], float) and mm["fp32"] > 0
     assert (mm["bf16"] is not None) == bf16_here
@@ -106,10 +107,20 @@ def test_without_bf16_hardware_the_bf16_path_and_peak_are_null(monkeypatch, tmp_
     assert bench._matmul_peaks(b)["bf16"] is None
     result = {"rows": [row], "peak_tops": 1.0, "matmul_peak_gflops": bench._matmul_peaks(b), "matmul_peak_n": 128,
               "baselines": b.describe(), "environment": bench.environment(), "repeats": 2, "date": "now",
-              "command": "bnnrepro bench --quick"}
+              "command": "bnnrepro bench --quick", "kernel_variant": variant.detect(),
+              "variants": {"case": "FC 2x128->64", "rows": [
+                  dict(target="host", what="own", picked=True, variant="avx2-pshufb", vector_bits=256, ms=2.0,
+                       bit_exact=True),
+                  dict(target="x86-64", what="SSE2 only", picked=False, variant="scalar-bitwise", vector_bits=64,
+                       ms=5.0, bit_exact=True),
+                  dict(target="nehalem", what="SSE4.2", picked=False, variant=None, vector_bits=None, ms=None,
+                       bit_exact=None, error="boom")]}}
     row["peak_fraction"], row["check"] = 0.5, "bit-exact"
     md, _ = bench.write_reports(result, tmp_path)
     text = md.read_text()
+    assert f"popcount variant {result['kernel_variant']['variant']} " in text
+    assert "| x86-64 (SSE2 only) | scalar-bitwise | 64 | 5.000 | 2.50x | bit-exact |" in text
+    assert "| nehalem (SSE4.2) | failed: boom |" in text
     assert "| torch bf16 ms | torch int8 ms | fastest torch | packed vs fastest |" in text
     assert "bf16 n/a (no bf16 matrix hardware" in text and "| n/a |" in text
 

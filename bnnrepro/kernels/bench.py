@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..timing import environment, timed
 from . import baselines as baselines_module
+from . import variant as variant_module
 from .baselines import Baselines, matmul_peak
 
 PEAK_REPS = 4096  # x 8192 words per thread per peak measurement
@@ -317,6 +318,29 @@ def _peak_line(result: dict) -> str:
             f"every thread); torch matmul {n}x{n}x{n} fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {bf16}")
 
 
+def _variant_line(v: dict) -> str:
+    return (f"packed kernels: popcount variant {v['variant']} ({v['vector_bits']}-bit vectors), compiled at run "
+            f"time for {v['target_cpu']} (LLVM picks the lowering per CPU; read from its machine code)")
+
+
+def _variant_table(result: dict) -> list[str]:
+    v = result.get("variants")
+    if not v:
+        return []
+    picked = next(r for r in v["rows"] if r["picked"])
+    lines = ["", f"Kernel variants: {v['case']} compiled for each target in a fresh process (empty numba cache, "
+             f"`NUMBA_CPU_NAME`), median of {result['repeats']} repeats, one after another:", "",
+             "| target | variant | vector bits | ms | vs the variant taken | check |", "|---|---|---:|---:|---:|---|"]
+    for r in v["rows"]:
+        if r["ms"] is None:
+            lines.append(f"| {r['target']} ({r['what']}) | failed: {r['error']} | | | | |")
+            continue
+        ratio = f"{r['ms'] / picked['ms']:.2f}x" if picked["ms"] else "n/a"
+        lines.append(f"| {r['target']} ({r['what']}) | {r['variant']} | {r['vector_bits']} | {r['ms']:.3f} | "
+                     f"{ratio} | {'bit-exact' if r['bit_exact'] else 'MISMATCH'} |")
+    return lines
+
+
 def _baseline_line(info: dict, key: str) -> str:
     return f"n/a ({info['null_reason']})" if info["null_reason"] else f"{key} {info[key]}"
 
@@ -344,6 +368,7 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         f"- threads: numba {env['numba_threads']} ({env['numba_threading_layer']} layer), torch "
         f"{env['torch_threads']}; torch {env['torch']}, numba {env['numba']}, numpy {env['numpy']}",
         f"- load average when the run ended: {env['loadavg']}",
+        "- " + _variant_line(result["kernel_variant"]),
         _peak_line(result),
         f"- torch bf16: {_baseline_line(result['baselines']['bf16'], 'hardware')}; int8: "
         f"{_baseline_line(result['baselines']['int8'], 'engine')}",
@@ -376,6 +401,7 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
         for r in models_:
             lines.append(f"| {r['case']} | {r['model_eval_ms']:.2f} ({r['model_eval_iqr_ms']:.2f}) | "
                          f"{r['speedup_vs_model_eval']:.1f}x |")
+    lines += _variant_table(result)
     paths = sorted({f"{r['case'].split(' ')[0]}{' +sign' if 'bits out' in r['packed_path'] else ''}: "
                     f"{r['packed_path']}" for r in rows})
     lines += ["", "Packed paths: " + "; ".join(paths),
@@ -389,7 +415,7 @@ def _matmul_peaks(baselines: Baselines) -> dict:
             "bf16": None if baselines.bf16_reason else matmul_peak(torch.bfloat16)}
 
 
-def run(quick: bool = False, repeats: int | None = None, with_compile: bool = True) -> dict:
+def run(quick: bool = False, repeats: int | None = None, with_compile: bool = True, variants: bool = False) -> dict:
     rng = np.random.default_rng(0)
     reps = repeats or (5 if quick else 20)
     mreps = repeats or (3 if quick else 10)
@@ -423,10 +449,15 @@ def run(quick: bool = False, repeats: int | None = None, with_compile: bool = Tr
                       else "MISMATCH")
     result = {"rows": rows, "peak_tops": peak / 1e12, "matmul_peak_gflops": matmul,
               "matmul_peak_n": baselines_module.MATMUL_N, "baselines": baselines.describe(),
+              "kernel_variant": variant_module.detect(),
               "environment": environment(), "repeats": reps,
               "date": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick}
     if with_compile and not quick:
         result["compile"] = compile_times()
+    if variants:
+        m = max(shapes["fc_m"])
+        result["variants"] = {"case": f"FC {m}x{shapes['fc_k']}->{shapes['fc_n']}",
+                              "rows": variant_module.compare(m, shapes["fc_k"], shapes["fc_n"], reps)}
     result["seconds"] = time.perf_counter() - t0
     return result
 
@@ -443,7 +474,7 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     if args.train:
         return _train_bench(args, out_dir, "bnnrepro bench " + " ".join(argv))
-    result = run(args.quick, args.repeats, not args.no_compile)
+    result = run(args.quick, args.repeats, not args.no_compile, args.variants)
     result["command"] = "bnnrepro bench " + " ".join(argv)
     for r in result["rows"]:
         extra = (f"  (model eval {r['model_eval_ms']:.1f} ms: {r['speedup_vs_model_eval']:.1f}x)"
@@ -456,6 +487,10 @@ def main(argv: list[str]) -> int:
     print(f"peaks: popcount {result['peak_tops']:.2f} TOPS; torch matmul fp32 {mm['fp32']:.0f} GFLOP/s, bf16 "
           + (f"{mm['bf16']:.0f} GFLOP/s" if mm["bf16"] is not None else f"n/a ({b['bf16']['null_reason']})")
           + f"; int8 engine {b['int8']['engine'] or 'n/a (' + b['int8']['null_reason'] + ')'}")
+    print(_variant_line(result["kernel_variant"]))
+    for v in result.get("variants", {}).get("rows", ()):
+        print(f"  {result['variants']['case']} compiled for {v['target']:<8} {v['variant'] or 'failed':<17} "
+              + (f"{v['ms']:9.3f} ms" if v["ms"] is not None else v["error"]))
     print(f"threads numba {result['environment']['numba_threads']} "
           f"({result['environment']['numba_threading_layer']}), torch {result['environment']['torch_threads']}")
     if "compile" in result:
