@@ -9,7 +9,7 @@ export BNNREPRO_DATA ?= $(if $(wildcard $(SHARED_DATA)/MNIST),$(SHARED_DATA),)
 SCALE ?= quick
 SEEDS ?=
 
-.PHONY: setup demo smoke test test-all test-faults bench bench-train clean help study-merolla quant-grid fashion-mnist bitflip-packed
+.PHONY: setup demo smoke test test-all test-faults bench pareto bench-train clean help study-merolla quant-grid fashion-mnist bitflip-packed
 
 help:
 	@echo "make setup   create .venv with torch (CPU build without a GPU) and bnnrepro"
@@ -19,6 +19,7 @@ help:
 	@echo "make test-faults  kill/resume, full disk, concurrent runs, corrupt files, bad inputs; prints a tally"
 	@echo "make bench   bit-packed kernel benchmarks vs torch fp32, bf16, int8 -> results/kernels.md"
 	@echo "make bench-train  a training step of each protocol vs a float net -> results/train_speed.md"
+	@echo "make pareto  the MNIST quant grid: error x packed latency x size -> results/pareto_mnist.md"
 	@echo "make study-merolla   Merolla et al. robustness study on MNIST and Fashion-MNIST (bnnrepro table merolla_study: 36 nets + sweeps)"
 	@echo "make bitflip-packed  bit errors in the packed weight bits of BNN MNIST nets (bnnrepro table bitflip_packed)"
 	@echo "make quant-grid   DoReFa/QNN (W,A,G) grid on MNIST (bnnrepro table quant_grid: quick scale, 2 seeds) -> results/quant_grid_mnist.md"
@@ -53,6 +54,9 @@ test-faults: setup
 
 bench: setup
 	$(BIN)/bnnrepro bench --variants --out results --json results/kernels.json
+
+pareto: setup
+	$(BIN)/bnnrepro bench --pareto --out results
 
 bench-train: setup
 	$(BIN)/bnnrepro bench --train --out results

@@ -242,6 +242,11 @@ def bench_parser(description: str = "Benchmark the packed binary kernels against
     p.add_argument("--variants", action="store_true",
                    help="also time the largest FC case with the kernels compiled for other CPU targets (AVX2, "
                         "SSE4.2, SSE2), one fresh process each, beside the variant this CPU takes")
+    p.add_argument("--pareto", action="store_true",
+                   help="accuracy x packed latency x size of each row of the MNIST quant grid "
+                        "-> pareto_mnist.md/csv/json + figures/pareto_mnist.png (see bnnrepro.kernels.pareto)")
+    p.add_argument("--grid", metavar="CSV", default="results/quant_grid_mnist.csv",
+                   help="--pareto: the quant-grid table its errors come from (default results/quant_grid_mnist.csv)")
     p.add_argument("--train", action="store_true",
                    help="time a training step of each protocol against a float net of its shape "
                         "-> train_speed.md (see bnnrepro.train.speed)")

@@ -474,6 +474,8 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(args.threads)
     if args.train:
         return _train_bench(args, out_dir, "bnnrepro bench " + " ".join(argv))
+    if args.pareto:
+        return _pareto_bench(args, out_dir, "bnnrepro bench " + " ".join(argv))
     result = run(args.quick, args.repeats, not args.no_compile, args.variants)
     result["command"] = "bnnrepro bench " + " ".join(argv)
     for r in result["rows"]:
@@ -502,6 +504,28 @@ def main(argv: list[str]) -> int:
     if args.json:
         commandline.write_json(json.dumps(result, indent=2), args.json)
     return 0 if all(r["check"] != "MISMATCH" for r in result["rows"]) else 1
+
+
+def _pareto_bench(args, out_dir: Path, command: str) -> int:
+    from .. import commandline
+    from . import pareto
+
+    grid = Path(args.grid)
+    if not grid.is_file():
+        print(f"bnnrepro: error: bench --pareto: no grid table at {grid} (make it with `bnnrepro table quant_grid "
+              f"--out results`, or pass --grid FILE)", file=sys.stderr)
+        return 2
+    result = pareto.run(grid, args.repeats or (5 if args.quick else 20))
+    for r in result["rows"]:
+        print(f"{r['row']:<20} error {r['test_error']:5.2f}%  packed b1 {pareto._ms(r.get('packed_ms_b1')):>7} "
+              f"b64 {pareto._ms(r.get('packed_ms_b64')):>7} ms  torch b64 {pareto._ms(r['torch_ms_b64']):>7} ms "
+              f"({r['fastest_torch_b64']})  {pareto._kib(r.get('packed_bytes')):>10}  "
+              f"{r.get('check') or r['note']}{'  front' if r['front'] else ''}")
+    if args.json:
+        commandline.write_json(json.dumps(result, indent=2), args.json)
+    if not args.no_write:
+        print(f"wrote {pareto.write_reports(result, out_dir, command)}")
+    return 0
 
 
 def _train_bench(args, out_dir: Path, command: str) -> int:
