@@ -59,8 +59,15 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
         assert (r["torch_int8_ms"] is not None) == (result["baselines"]["int8"]["engine"] is not None), r
         assert set(r["null_reasons"]) == {p for p in bench.TORCH_PATHS if r[f"torch_{p}_ms"] is None}
         assert r["torch_fp32_peak_fraction"] == pytest.approx(r["torch_fp32_gops"] / result["matmul_peak_gflops"]["fp32"])
-        assert r["binary_ops"] == r["ops"]  # +-1 cases: one XOR+popcount op pair per multiply-accumulate
-        assert r["peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
+        if not r["case"].startswith("BNN"):  # +-1 layers: one XOR+popcount per multiply-accumulate
+            assert r["binary_ops"] == r["ops"], r["case"]
+        assert r["peak_fraction"] == pytest.approx(r["binary_ops"] / (r["packed_ms"] / 1e3) / (result["peak_tops"] * 1e12))
+        assert r["logical_peak_fraction"] == pytest.approx(r["packed_gops"] * 1e9 / (result["peak_tops"] * 1e12))
+    # the whole MLP's first layer runs on the 8 bit-planes of its uint8 pixels: 8 passes of 784 x 128
+    mlp = next(r for r in rows if r["case"].startswith("BNN MLP"))
+    b, h = TINY["mlp_batch"], TINY["mlp_hidden"]
+    assert mlp["ops"] == 2.0 * b * (784 * h + 2 * h * h + h * 10)
+    assert mlp["binary_ops"] == 2.0 * b * (8 * 784 * h + 2 * h * h + h * 10)
     assert result["kernel_variant"] == variant.detect()
     mm = result["matmul_peak_gflops"]
     assert isinstance(mm["fp32"], float) and mm["fp32"] > 0
