@@ -45,7 +45,7 @@ def test_quick_json_rows_carry_every_path_with_its_type(quick_json):
     code, result = quick_json
     assert code == 0
     rows = result["rows"]
-    assert len(rows) == 2 + 2 * 2 + 2  # FC x2, conv x2 batches x (plain, fused), two models
+    assert len(rows) == 2 + 2 * 3 + 2  # FC x2, conv x2 batches x (plain, fused, prepacked), two models
     bf16_here = baselines.bf16_unavailable() is None
     for r in rows:
         for key in ("torch_fp32_ms", "packed_ms", "peak_fraction", "speedup_vs_fastest", "torch_ms", "speedup"):

@@ -122,11 +122,12 @@ def _timed_paths(packed, paths: dict, repeats: int, extra=()) -> tuple:
 
 
 def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, baselines: Baselines,
-               fused: bool = False) -> dict:
+               fused: bool = False, prepacked: bool = False) -> dict:
     """``fused=False``: pack the float +-1 input, convolve, int32 NHWC pre-activations out (the
-    same information torch's conv2d returns). ``fused=True``: the layer as the engine runs it,
-    pack + conv + sign threshold (T = 0 here; folded BN thresholds cost the same) -> packed bits
-    with the next layer's zero border."""
+    same information torch's conv2d returns). ``fused=True``: pack + conv + sign threshold (T = 0
+    here; folded BN thresholds cost the same) -> packed bits with the next layer's zero border.
+    ``prepacked=True`` (with ``fused``): a hidden layer as the engine runs it, its input already the
+    packed bits the previous layer's threshold wrote (packed once, untimed), so conv + threshold."""
     from . import tiles
     from .bitpack import pack_nchw, unpack
     from .conv import ConvWeights, Dest, bconv2d, plan_conv, run_conv
@@ -142,12 +143,19 @@ def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, baselines
         out = np.zeros((batch, hw + 2, hw + 2, cw), np.uint64)
         thr, flip = np.zeros(W.npad, np.int64), np.zeros(W.npad // 8, np.uint8)
 
-        def packed():
-            return run_conv(plan, pack_nchw(x, 1, buf), out, tiles.BITS, thr, flip)
+        if prepacked:
+            xin = pack_nchw(x, 1, buf)
+
+            def packed():
+                return run_conv(plan, xin, out, tiles.BITS, thr, flip)
+            what = "packed bits in (the previous layer's output) + conv + sign threshold, packed bits out"
+        else:
+            def packed():
+                return run_conv(plan, pack_nchw(x, 1, buf), out, tiles.BITS, thr, flip)
+            what = "pack NCHW float + conv + sign threshold, packed bits out (engine layer)"
 
         got = np.moveaxis(unpack(packed()[:, 1:-1, 1:-1], o), -1, 1)
         ok = bool(np.array_equal(got, np.where(want.numpy() >= 0, 1, -1)))
-        what = "pack NCHW float + conv + sign threshold, packed bits out (engine layer)"
     else:
         out = np.empty((batch, hw, hw, W.npad), np.int32)
 
@@ -160,7 +168,8 @@ def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, baselines
              "int8": baselines.int8_conv(xt, wt, 1)}
     with torch.no_grad():
         tp, times = _timed_paths(packed, paths, repeats)
-    label = f"conv {c}->{o} 3x3 {hw}x{hw} batch {batch}" + (" +sign->bits" if fused else "")
+    label = (f"conv {c}->{o} 3x3 {hw}x{hw} batch {batch}" + (" bits->bits" if prepacked else " +sign->bits" if fused
+                                                              else ""))
     return _row(label, what, 2.0 * batch * hw * hw * o * c * 9, tp, times, ok)
 
 
@@ -330,6 +339,10 @@ def _peak_line(result: dict) -> str:
             f"every thread); torch matmul {n}x{n}x{n} fp32 {mm['fp32']:.0f} GFLOP/s, bf16 {bf16}")
 
 
+def _path_suffix(what: str) -> str:
+    return " bits->bits" if "bits in" in what else " +sign" if "bits out" in what else ""
+
+
 def _peak_cell(r: dict) -> str:
     """The fraction of the popcount peak on the ops the packed path runs, and on the logical
     multiply-accumulates where those differ (bit-serial layers, a first layer on 8 pixel bit-planes)."""
@@ -424,8 +437,7 @@ def write_reports(result: dict, out_dir: Path) -> tuple[Path, Path]:
             lines.append(f"| {r['case']} | {r['model_eval_ms']:.2f} ({r['model_eval_iqr_ms']:.2f}) | "
                          f"{r['speedup_vs_model_eval']:.1f}x |")
     lines += _variant_table(result)
-    paths = sorted({f"{r['case'].split(' ')[0]}{' +sign' if 'bits out' in r['packed_path'] else ''}: "
-                    f"{r['packed_path']}" for r in rows})
+    paths = sorted({f"{r['case'].split(' ')[0]}{_path_suffix(r['packed_path'])}: {r['packed_path']}" for r in rows})
     lines += ["", "Packed paths: " + "; ".join(paths),
               "", "The machine may be shared: rerun `bnnrepro bench` on a quiet machine for final numbers.", ""]
     md_path.write_text("\n".join(lines))
@@ -455,8 +467,8 @@ def run(quick: bool = False, repeats: int | None = None, with_compile: bool = Tr
         rows.append(bench_fc_multibit(shapes["fc_multibit_m"], shapes["fc_k"], shapes["fc_n"], w_bits, a_bits, reps,
                                       rng, baselines))
     for b in shapes["conv_batches"]:
-        for fused in (False, True):
-            rows.append(bench_conv(b, *shapes["conv"], reps if b == 1 else mreps, rng, baselines, fused))
+        for fused, prepacked in ((False, False), (True, False), (True, True)):
+            rows.append(bench_conv(b, *shapes["conv"], reps if b == 1 else mreps, rng, baselines, fused, prepacked))
     rows.append(bench_model("mlp", shapes["mlp_batch"], mreps, rng, baselines, hidden=(shapes["mlp_hidden"],) * 3))
     rows.append(bench_model("bnn_convnet", shapes["convnet_batch"], mreps, rng, baselines, **shapes["convnet"]))
     # again at the end: the best of both, in case of a busy moment
