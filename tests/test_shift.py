@@ -97,6 +97,20 @@ def test_batch_stats_in_eval_without_running_stats():
     assert torch.allclose(bn(x).mean(0), torch.zeros(2))
 
 
+def test_bf16_input_under_autocast_normalises_in_fp32():
+    """train.amp=bf16: a bf16 matmul output reaches the shift BN; it normalises in fp32 (running
+    statistics stay fp32 buffers) and gives what it gives the same values in fp32."""
+    torch.manual_seed(0)
+    x = torch.randn(16, 8).to(torch.bfloat16)
+    a, b = ShiftBatchNorm(8), ShiftBatchNorm(8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = a(x.requires_grad_())
+    out.sum().backward()
+    assert out.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    assert torch.equal(out, b(x.detach().float()))
+    assert torch.equal(a.running_mean, b.running_mean) and a.running_mean.dtype == torch.float32
+
+
 # ------------------------------------------------------------------ shift-based AdaMax
 
 def test_adamax_first_step_hand_values():

@@ -95,6 +95,8 @@ class ShiftBatchNorm(nn.Module):
     def forward(self, x):
         if x.dim() < 2 or x.shape[1] != self.num_features:
             raise ValueError(f"ShiftBatchNorm({self.num_features}) got input of shape {tuple(x.shape)}")
+        if x.dtype in (torch.bfloat16, torch.float16):
+            x = x.float()  # normalisation in fp32 under autocast (train.amp=bf16), as torch's BatchNorm
         if self.training or not self.track_running_stats:
             out, mean, invstd = _ShiftBN.apply(x, self.weight, self.bias, self.eps)
             if self.training and self.track_running_stats:
