@@ -19,7 +19,7 @@ from .errors import USER_ERRORS
 COMMANDS = {
     "train": "train a model (Hydra overrides; -m for multirun; resume=<run dir> to continue)",
     "eval": "evaluate a run directory or checkpoint: bnnrepro eval <run|ckpt> [--engine packed] [--split val]",
-    "pack": "write a bit-packed artifact of a trained BNN: bnnrepro pack <run|ckpt> [--out model.bnn]",
+    "pack": "write a bit-packed artifact of a trained BNN or DoReFa net: bnnrepro pack <run|ckpt> [--out model.bnn]",
     "compare": "run torch and the packed engine layer by layer, name the first layer that differs",
     "bench": "benchmark packed binary kernels against torch fp32, bf16 and int8 (--quick, --json FILE, --out DIR)",
     "robustness": "test-time weight distortion sweeps: bnnrepro robustness --noise additive <run> ...",

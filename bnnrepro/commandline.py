@@ -207,7 +207,7 @@ def eval_parser() -> Parser:
 
 def pack_parser() -> Parser:
     p = Parser("pack", "Write a bit-packed artifact (.bnn: npz of arrays + JSON header, no code) of a "
-               "trained BNN and report its size.")
+               "trained BNN or multi-bit DoReFa net and report its size.")
     p.add_argument("target", metavar="RUN", help=RUN_HELP)
     p.add_argument("--out", metavar="FILE", help="output file (default: <run>/model.bnn or <checkpoint>.bnn)")
     p.add_argument("--which", choices=("best", "last"), default="best", help="checkpoint of a run (default best)")

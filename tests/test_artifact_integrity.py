@@ -111,13 +111,17 @@ def test_empty_file_and_not_a_zip_and_missing(tmp_path):
     _refused(tmp_path / "absent.bnn", "no such file")
 
 
-def test_bytes_flipped_inside_an_array(good):
-    header, arrays = _read(good)
-    data = bytearray(good.read_bytes())
-    # where l2.bits's data lies in the (uncompressed) zip: find its bytes
-    at = bytes(data).index(arrays["l2.bits"].tobytes()[:64]) + 8
+def _flip_a_byte_of(path, name) -> bytes:
+    """Flip one byte of array ``name`` where its data lies in the (uncompressed) zip; the new bytes."""
+    data = bytearray(path.read_bytes())
+    at = bytes(data).index(_read(path)[1][name].tobytes()[:64]) + 8
     data[at] ^= 0xFF
-    good.write_bytes(bytes(data))
+    path.write_bytes(bytes(data))
+    return bytes(data)
+
+
+def test_bytes_flipped_inside_an_array(good):
+    _flip_a_byte_of(good, "l2.bits")
     _refused(good, "modified or damaged")
 
 

@@ -2,7 +2,8 @@
 and an optimized kernel each), BatchNorm+sign folded into integer thresholds, a whole-model
 engine, the ``.bnn`` artifact, and the ``pack``/``compare``/``bench`` commands. Multi-bit DoReFa nets
 (m-bit weights x k-bit activations) run bit-serially: ``multibit`` (kernels, folded staircase
-thresholds) and ``multibit_engine`` (``PackedModel.from_torch`` hands such a model to it).
+thresholds) and ``multibit_engine`` (``PackedModel.from_torch`` hands such a model to it); their
+``.bnn`` file is ``multibit_artifact``'s.
 
 Bit encoding: bit 1 = -1, bit 0 = +1, and ``x >= 0`` packs to +1 (``sign(0) = +1`` as in
 training); a +-1 dot product of length K is ``K - 2 * popcount(a ^ w)``.

@@ -8,6 +8,11 @@ Version 2 adds ``sha256``, a content hash over the canonical header and every ar
 modified or damaged after it was written is refused. :func:`load` validates the header field by
 field and every array against the shapes the header implies before anything is built; any
 problem is a :class:`PackError` naming the file and the field.
+
+A multi-bit (DoReFa, bit-serial) :class:`MultiBitModel` is saved in the same container with the
+header field ``"engine": "multibit"`` (``multibit_artifact``: its stages, weight codes as their
+bit-planes, level thresholds, float stages as module descriptions); a binary file has no
+``engine`` field, so files written before it existed load as they did.
 """
 from __future__ import annotations
 
@@ -28,10 +33,13 @@ from . import fold, tiles
 from .bitpack import words
 from .engine import Layer, PackedModel
 from .gemm import DenseWeights
+from .multibit_engine import MultiBitModel
 
 FORMAT = "bnnrepro-packed"
 VERSION = 2
 VERSIONS = (1, 2)  # version 1: the same layout without the content hash
+INPUT = "uint8, x = p * 2/255 - 1 (data.scale_pm1)"
+ENGINES = ("multibit",)  # the header's "engine"; absent: the binary engine's PackedModel
 
 
 def is_artifact(path: str | os.PathLike) -> bool:
@@ -61,11 +69,13 @@ def content_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def save(model: PackedModel, path: str | os.PathLike) -> Path:
+def save(model: PackedModel | MultiBitModel, path: str | os.PathLike) -> Path:
+    if isinstance(model, MultiBitModel):
+        from . import multibit_artifact
+
+        return _write(path, *multibit_artifact.describe(model))
     if not isinstance(model, PackedModel):
-        raise PackError(f"a {type(model).__name__} (multi-bit, bit-serial engine) has no .bnn artifact format yet; "
-                        f"run it with bnnrepro eval <run> --engine packed or bnnrepro compare <run>")
-    path = Path(path)
+        raise PackError(f"a {type(model).__name__} is not a packed model (a PackedModel or a MultiBitModel)")
     arrays: dict[str, np.ndarray] = {}
     layers = []
     for i, L in enumerate(model.layers):
@@ -91,15 +101,21 @@ def save(model: PackedModel, path: str | os.PathLike) -> Path:
                     arrays[p + "affine." + key] = np.asarray(val, np.float32)
         layers.append(d)
     header = {"format": FORMAT, "version": VERSION, "input_shape": list(model.input_shape),
-              "input": "uint8, x = p * 2/255 - 1 (data.scale_pm1)", "bit_encoding": "bit 1 = -1, x >= 0 -> +1",
-              "layers": layers, "meta": model.meta}
+              "input": INPUT, "bit_encoding": "bit 1 = -1, x >= 0 -> +1", "layers": layers, "meta": model.meta}
+    return _write(path, header, arrays)
+
+
+def _write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> Path:
+    path = Path(path)
     header["sha256"] = content_hash(json.loads(json.dumps(header)), arrays)  # hash what load will read
     arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
     atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
     return path
 
 
-def load(path: str | os.PathLike) -> PackedModel:
+def load(path: str | os.PathLike) -> PackedModel | MultiBitModel:
+    """The model of a ``.bnn`` file: a :class:`PackedModel`, or a :class:`MultiBitModel` for a file
+    whose header says ``"engine": "multibit"``."""
     path = Path(path)
     try:
         arrays = _read_arrays(path)
@@ -107,6 +123,11 @@ def load(path: str | os.PathLike) -> PackedModel:
         _check_version(header)
         if header["version"] >= 2:
             _check_hash(header, arrays)
+        if _engine(header) == "multibit":
+            from . import multibit_artifact
+
+            multibit_artifact.check(header, arrays)
+            return multibit_artifact.build(header, arrays)
         _check_arrays(arrays, _check_header(header))
     except PackError as err:
         raise PackError(f"{path}: {err}") from None
@@ -156,6 +177,15 @@ def _check_version(header: dict) -> None:
     v = header.get("version")
     if not _is_int(v) or v not in VERSIONS:
         raise PackError(f"version: unsupported packed format version {v!r} (this bnnrepro reads {VERSIONS})")
+
+
+def _engine(header: dict) -> str:
+    if "engine" not in header:
+        return "binary"
+    if header["engine"] not in ENGINES:
+        raise PackError(f"engine: expected one of {list(ENGINES)} (or no engine field: the binary engine), "
+                        f"got {header['engine']!r}")
+    return header["engine"]
 
 
 def _check_hash(header: dict, arrays: dict) -> None:
@@ -219,14 +249,19 @@ def _pool(v, where: str, n: int) -> tuple | None:
     return tuple(v)
 
 
-def _check_header(header: dict) -> dict[str, tuple]:
-    """Validate the header; returns ``{array name: (dtype, shape)}`` of every array it implies."""
-    _keys(header, "header", HEADER_KEYS | ({"sha256"} if header["version"] >= 2 else set()))
+def _check_common(header: dict, keys: set, encoding: str) -> tuple:
+    """The fields every engine's header has (``keys``: all of its own); returns ``input_shape``."""
+    _keys(header, "header", keys | ({"sha256"} if header["version"] >= 2 else set()))
     _str(header["input"], "input")
-    _str(header["bit_encoding"], "bit_encoding")
+    _str(header[encoding], encoding)
     if not isinstance(header["meta"], dict):
         raise PackError(f"meta: expected an object, got {header['meta']!r}")
-    input_shape = _shape(header["input_shape"], "input_shape")
+    return _shape(header["input_shape"], "input_shape")
+
+
+def _check_header(header: dict) -> dict[str, tuple]:
+    """Validate the header; returns ``{array name: (dtype, shape)}`` of every array it implies."""
+    input_shape = _check_common(header, HEADER_KEYS, "bit_encoding")
     layers = header["layers"]
     if not isinstance(layers, list) or len(layers) < 2:
         raise PackError("layers: expected a list of at least 2 layers (hidden layers, then the output layer)")
@@ -352,12 +387,19 @@ def _check_affine(where: str, p: str, a, o: int) -> dict[str, tuple]:
     return {p + "affine." + key: (np.float32, (o,)) for key in present}
 
 
-def _check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple]) -> None:
+def _layer_of(name: str) -> str:
+    """``l2.bits`` -> ``layers[2]``: where an array belongs in the header."""
+    return f"layers[{name[1:name.index('.')]}]"
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple], owner=_layer_of) -> None:
+    """Exactly the ``expected`` arrays (``{name: (dtype, shape)}``), each of its dtype and shape;
+    ``owner(name)``: the header field an array belongs to, for the message."""
     extra = sorted(arrays.keys() - expected.keys())
     if extra:
         raise PackError(f"unexpected array {extra[0]!r}")
     for name, (dtype, shape) in expected.items():
-        layer = f"layers[{name[1:name.index('.')]}]"
+        layer = owner(name)
         if name not in arrays:
             raise PackError(f"{layer}: missing array {name!r}")
         a = arrays[name]

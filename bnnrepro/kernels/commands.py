@@ -47,10 +47,10 @@ def check_preprocessing(cfg) -> None:
                         "BatchNorm statistics; the packed engine folds the running ones (allowed: running)")
 
 
-def to_packed(source, *, input_shape=None, which: str = "best") -> PackedModel:
-    """A :class:`PackedModel` from a PackedModel, an ``nn.Module`` (needs ``input_shape``), a
-    ``.bnn`` artifact, or a run directory / checkpoint."""
-    if isinstance(source, PackedModel):
+def to_packed(source, *, input_shape=None, which: str = "best") -> PackedModel | MultiBitModel:
+    """A :class:`PackedModel` (a :class:`MultiBitModel` for a DoReFa net) from either, an ``nn.Module``
+    (needs ``input_shape``), a ``.bnn`` artifact, or a run directory / checkpoint."""
+    if isinstance(source, (PackedModel, MultiBitModel)):
         return source
     if isinstance(source, nn.Module):
         if input_shape is None:
@@ -121,30 +121,35 @@ def pack_main(argv: list[str]) -> int:
 
     args = commandline.parse(commandline.pack_parser(), argv)
     args.source, args.output = args.target, args.out
+    src = Path(args.source)
+    out = Path(args.output) if args.output else (src / "model.bnn" if src.is_dir() else src.with_suffix(".bnn"))
     try:
         model, cfg, shape = load_torch(args.source, args.which)
         check_preprocessing(cfg)
         if args.input_shape:
             shape = _check_shape(args.input_shape, shape)
         try:
-            packed = PackedModel.from_torch(model, shape, meta=_meta(Path(args.source), cfg))
-            if isinstance(packed, MultiBitModel):
-                artifact.save(packed, "")  # refuses it, saying why
+            packed = PackedModel.from_torch(model, shape, meta=_meta(src, cfg))
         except RuntimeError as err:  # a shape the layers cannot take
             raise ValueError(f"the model does not take input shape {shape}: {str(err).splitlines()[0]}") from None
+        float_bytes = artifact.float_weight_bytes(model)
+        packed.meta["float32_weight_bytes"] = float_bytes
+        artifact.save(packed, out)  # a multi-bit net with a module the file cannot describe: PackError
     except _user_errors() as err:  # PackError is a ValueError
         print(f"bnnrepro: error: pack: {err}", file=sys.stderr)
         return 2
-    src = Path(args.source)
-    out = Path(args.output) if args.output else (src / "model.bnn" if src.is_dir() else src.with_suffix(".bnn"))
-    float_bytes = artifact.float_weight_bytes(model)
-    packed.meta["float32_weight_bytes"] = float_bytes
-    artifact.save(packed, out)
     disk = out.stat().st_size
-    print(f"{'layer':<10} {'kind':<6} {'input':<6} {'shape':<22} {'packed bits':>12}")
-    for L in packed.layers:
-        print(f"{L.name:<10} {L.kind:<6} {L.input:<6} {str(L.in_shape) + '->' + str(L.out_channels):<22} "
-              f"{_size(L.weights.bits.nbytes):>12}")
+    if isinstance(packed, MultiBitModel):
+        from .multibit_artifact import stage_rows
+
+        print(f"{'layer':<10} {'kind':<6} {'bits':<6} {'shape':<22} {'stored':>12}")
+        for r in stage_rows(packed):
+            print(f"{r['name']:<10} {r['kind']:<6} {r['bits']:<6} {r['shape']:<22} {_size(r['bytes']):>12}")
+    else:
+        print(f"{'layer':<10} {'kind':<6} {'input':<6} {'shape':<22} {'packed bits':>12}")
+        for L in packed.layers:
+            print(f"{L.name:<10} {L.kind:<6} {L.input:<6} {str(L.in_shape) + '->' + str(L.out_channels):<22} "
+                  f"{_size(L.weights.bits.nbytes):>12}")
     print(f"wrote {out}: {_size(disk)} on disk; float32 weights {_size(float_bytes)}; "
           f"ratio 1/{float_bytes / disk:.1f} ({100.0 * disk / float_bytes:.2f}%)")
     return 0

@@ -106,6 +106,10 @@ class BitSerialStage:
     thresholds: multibit.LevelThresholds | None = None
     out_bits: int | None = None
     tail: object = None  # callable float tensor -> float tensor, when thresholds is None
+    # what ``tail`` computes, for the .bnn file: the layer's bias, then these (name, module) pairs
+    # (fold.chain_fn); None: a tail made some other way, which the file cannot describe
+    chain: list | None = None
+    bias: torch.Tensor | None = None
     kind: str = "dense"
     conv: tuple | None = None  # (kh, kw, stride, pad) of a convolution
     pool: nn.Module | None = None  # a max-pool between BatchNorm and the activation, run on the codes
@@ -200,7 +204,7 @@ def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
             continue
         if isinstance(mm, nn.Flatten):
             if act is None:
-                chain.append(mm)  # a float output: flattened by the tail
+                chain.append((nm, mm))  # a float output: flattened by the tail
             else:
                 stage.flatten = True
             continue
@@ -213,12 +217,12 @@ def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
         elif stage.pool is not None and not _code_bits(mm):
             raise _fail(nm, mm, "only the activation quantizer may follow the max-pool")
         elif _is_monotone_elementwise(mm):
-            chain.append(mm)
+            chain.append((nm, mm))
         elif _code_bits(mm) is not None:
             act = mm
             stage.out_bits = _code_bits(mm)
         elif _kind(mm) == "dorefa_activation" and mm.nonlin == "clip" and _precision(mm) == 32 and not mm.quantize:
-            chain.append(mm)  # clip(x, 0, 1) unquantized: elementwise, stays float
+            chain.append((nm, mm))  # clip(x, 0, 1) unquantized: elementwise, stays float
         else:
             why = "not supported by the multi-bit packed engine"
             if _kind(mm) == "dorefa_activation":
@@ -231,10 +235,11 @@ def _bitserial(block, in_bits: int, last: bool) -> BitSerialStage:
             raise _fail(name, m, "a max-pool before a float output is not supported")
         if not last and not chain:
             raise _fail(name, m, "no activation quantizer follows")
-        stage.tail = fold.chain_fn(chain, bias)
+        stage.chain, stage.bias = chain, bias
+        stage.tail = fold.chain_fn([mm for _, mm in chain], bias)
         return stage
     levels = 2 ** stage.out_bits - 1
-    path = fold.chain_fn(chain, bias)
+    path = fold.chain_fn([mm for _, mm in chain], bias)
     span = w.k * w.levels * (2 ** in_bits - 1)
     stage.thresholds = multibit.fold_levels(lambda v: torch.round(act(path(v)) * levels), w.n, levels,
                                             -span, span, stage.scale, () if conv is None else (1, 1))

@@ -237,7 +237,7 @@ def packed_size(model: nn.Module, input_shape: tuple, preprocessing: str | None 
         return None, f"does not pack: the packed engine takes data.preprocessing=scale, not {preprocessing}"
     try:
         packed = PackedModel.from_torch(model.eval(), tuple(input_shape))
-        with tempfile.TemporaryDirectory() as tmp:  # a multi-bit net runs packed but has no .bnn yet
+        with tempfile.TemporaryDirectory() as tmp:
             path = artifact.save(packed, Path(tmp) / "model.bnn")
             size = path.stat().st_size
     except PackError as err:

@@ -162,7 +162,7 @@ def _sweep_packed(path: Path, levels: dict, opts: SweepOptions, cache: dict, pos
     check_preprocessing(cfg)
     test = load_test_set(cfg, opts.data_root, cache, torch.device("cpu"))
     net = PackedModel.from_torch(model, tuple(shape))
-    if not isinstance(net, PackedModel):  # the bit-serial engine's MultiBitModel: no flippable .bnn bits
+    if not isinstance(net, PackedModel):  # the bit-serial engine's MultiBitModel: no sign bits to flip
         from ..errors import PackError
 
         raise PackError(f"{path}: --engine packed distorts the bits of W1A1 nets; this is a multi-bit (DoReFa) net "
