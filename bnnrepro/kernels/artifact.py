@@ -1,4 +1,6 @@
-"""The packed model file (``.bnn``): a plain ``.npz`` of numeric arrays plus a JSON header.
+"""The packed model file (``.bnn``): :func:`save` and :func:`load` of either engine's model, and the
+binary engine's format. The container (a plain ``.npz`` of numeric arrays plus a JSON header, the
+content hash, the field checks) is :mod:`.packed_file`'s.
 
 Nothing in it can execute code: it is read with ``np.load(..., allow_pickle=False)`` and the
 header is JSON. Weights are stored packed (1 bit each, natural ``[N, Kw]`` / ``[O, kh, kw, Cw]``
@@ -16,64 +18,30 @@ bit-planes, level thresholds, float stages as module descriptions); a binary fil
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import os
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import PackError
-from ..runs import atomic_write_bytes
 from . import conv as convk
 from . import fold, tiles
 from .bitpack import words
 from .engine import Layer, PackedModel
 from .gemm import DenseWeights
 from .multibit_engine import MultiBitModel
-
-FORMAT = "bnnrepro-packed"
-VERSION = 2
-VERSIONS = (1, 2)  # version 1: the same layout without the content hash
-INPUT = "uint8, x = p * 2/255 - 1 (data.scale_pm1)"
-ENGINES = ("multibit",)  # the header's "engine"; absent: the binary engine's PackedModel
-
-
-def is_artifact(path: str | os.PathLike) -> bool:
-    """A ``.bnn`` file, or any zip holding a ``header.npy`` member (detected by content)."""
-    path = Path(path)
-    if not path.is_file():
-        return False
-    if path.suffix == ".bnn":
-        return True
-    try:
-        with zipfile.ZipFile(path) as z:
-            return "header.npy" in z.namelist()
-    except (OSError, zipfile.BadZipFile):
-        return False
-
-
-def content_hash(header: dict, arrays: dict[str, np.ndarray]) -> str:
-    """sha256 over the canonical header JSON (without ``sha256``) and every array but ``header``
-    (name, dtype, shape, bytes; sorted by name)."""
-    h = hashlib.sha256()
-    body = {k: v for k, v in header.items() if k != "sha256"}
-    h.update(json.dumps(body, sort_keys=True, separators=(",", ":")).encode() + b"\n")
-    for name in sorted(k for k in arrays if k != "header"):
-        a = np.ascontiguousarray(arrays[name])
-        h.update(json.dumps([name, a.dtype.str, list(a.shape)]).encode() + b"\n")
-        h.update(a.tobytes())
-    return h.hexdigest()
+from .packed_file import (  # noqa: F401 (is_artifact, content_hash: re-exported, this module's API)
+    FORMAT, INPUT, VERSION, check_arrays, check_common, check_hash, check_version, content_hash, engine_of,
+    is_artifact, is_int, need_int, need_keys, need_pool, need_shape, need_str, read_arrays, read_header, write)
 
 
 def save(model: PackedModel | MultiBitModel, path: str | os.PathLike) -> Path:
     if isinstance(model, MultiBitModel):
         from . import multibit_artifact
 
-        return _write(path, *multibit_artifact.describe(model))
+        return write(path, *multibit_artifact.describe(model))
     if not isinstance(model, PackedModel):
         raise PackError(f"a {type(model).__name__} is not a packed model (a PackedModel or a MultiBitModel)")
     arrays: dict[str, np.ndarray] = {}
@@ -102,15 +70,7 @@ def save(model: PackedModel | MultiBitModel, path: str | os.PathLike) -> Path:
         layers.append(d)
     header = {"format": FORMAT, "version": VERSION, "input_shape": list(model.input_shape),
               "input": INPUT, "bit_encoding": "bit 1 = -1, x >= 0 -> +1", "layers": layers, "meta": model.meta}
-    return _write(path, header, arrays)
-
-
-def _write(path: str | os.PathLike, header: dict, arrays: dict[str, np.ndarray]) -> Path:
-    path = Path(path)
-    header["sha256"] = content_hash(json.loads(json.dumps(header)), arrays)  # hash what load will read
-    arrays["header"] = np.frombuffer(json.dumps(header).encode(), np.uint8)
-    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
-    return path
+    return write(path, header, arrays)
 
 
 def load(path: str | os.PathLike) -> PackedModel | MultiBitModel:
@@ -118,17 +78,17 @@ def load(path: str | os.PathLike) -> PackedModel | MultiBitModel:
     whose header says ``"engine": "multibit"``."""
     path = Path(path)
     try:
-        arrays = _read_arrays(path)
-        header = _read_header(arrays.pop("header", None))
-        _check_version(header)
+        arrays = read_arrays(path)
+        header = read_header(arrays.pop("header", None))
+        check_version(header)
         if header["version"] >= 2:
-            _check_hash(header, arrays)
-        if _engine(header) == "multibit":
+            check_hash(header, arrays)
+        if engine_of(header) == "multibit":
             from . import multibit_artifact
 
             multibit_artifact.check(header, arrays)
             return multibit_artifact.build(header, arrays)
-        _check_arrays(arrays, _check_header(header))
+        check_arrays(arrays, _check_header(header), _layer_of)
     except PackError as err:
         raise PackError(f"{path}: {err}") from None
     model = _build(header, arrays)
@@ -136,64 +96,6 @@ def load(path: str | os.PathLike) -> PackedModel | MultiBitModel:
         print(f"bnnrepro: warning: {path}: packed format version 1 carries no content hash (damage or edits "
               f"cannot be detected); pack it again to add one", file=sys.stderr)
     return model
-
-
-# ---------------------------------------------------------------- reading and the content hash
-
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise PackError("no such file")
-    if not zipfile.is_zipfile(path):
-        raise PackError("not a bnnrepro packed model (not an npz/zip file: truncated, or another format)")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except Exception as err:  # zipfile (bad CRC, truncated member), zlib or .npy format errors alike
-        raise PackError(f"unreadable npz ({type(err).__name__}: {err}); the file was modified or damaged "
-                        f"after it was written, or is not a bnnrepro packed model") from None
-    for name, a in arrays.items():
-        if not isinstance(a, np.ndarray):  # np.load returns a non-.npy member as raw bytes
-            raise PackError(f"member {name!r} is not an array")
-    return arrays
-
-
-def _read_header(a) -> dict:
-    if a is None:
-        raise PackError("not a bnnrepro packed model (no header)")
-    if a.dtype != np.uint8 or a.ndim != 1:
-        raise PackError(f"header: expected a 1-D uint8 array, got {a.dtype} {a.shape}")
-    try:
-        header = json.loads(a.tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise PackError(f"header: invalid JSON ({err})") from None
-    if not isinstance(header, dict):
-        raise PackError(f"header: expected a JSON object, got {type(header).__name__}")
-    return header
-
-
-def _check_version(header: dict) -> None:
-    if header.get("format") != FORMAT:
-        raise PackError(f"format: expected {FORMAT!r}, got {header.get('format')!r}")
-    v = header.get("version")
-    if not _is_int(v) or v not in VERSIONS:
-        raise PackError(f"version: unsupported packed format version {v!r} (this bnnrepro reads {VERSIONS})")
-
-
-def _engine(header: dict) -> str:
-    if "engine" not in header:
-        return "binary"
-    if header["engine"] not in ENGINES:
-        raise PackError(f"engine: expected one of {list(ENGINES)} (or no engine field: the binary engine), "
-                        f"got {header['engine']!r}")
-    return header["engine"]
-
-
-def _check_hash(header: dict, arrays: dict) -> None:
-    stored = header.get("sha256")
-    if not isinstance(stored, str):
-        raise PackError(f"sha256: expected the content hash (a string), got {stored!r}")
-    if stored != content_hash(header, arrays):
-        raise PackError("sha256: content hash mismatch: the file was modified or damaged after it was written")
 
 
 # ---------------------------------------------------------------- the header, field by field
@@ -207,61 +109,9 @@ HEADER_KEYS = {"format", "version", "input_shape", "input", "bit_encoding", "lay
 AFFINE_REQUIRED = {"none": (), "batchnorm": ("mean", "var"), "scale_shift": ("scale", "shift")}
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _int(v, where: str, lo: int = 1) -> int:
-    if not _is_int(v) or v < lo:
-        raise PackError(f"{where}: expected {'a positive int' if lo == 1 else f'an int >= {lo}'}, got {v!r}")
-    return v
-
-
-def _shape(v, where: str, ndim: int | None = None) -> tuple:
-    if (not isinstance(v, list) or not v or not all(_is_int(x) and x > 0 for x in v)
-            or (ndim is not None and len(v) != ndim)):
-        n = f"{ndim} " if ndim else ""
-        raise PackError(f"{where}: expected a list of {n}positive ints, got {v!r}")
-    return tuple(v)
-
-
-def _str(v, where: str, none: bool = False) -> None:
-    if not (isinstance(v, str) or (none and v is None)):
-        raise PackError(f"{where}: expected a string{' or null' if none else ''}, got {v!r}")
-
-
-def _keys(d, where: str, want: set) -> None:
-    if not isinstance(d, dict):
-        raise PackError(f"{where}: expected an object, got {d!r}")
-    if want - d.keys():
-        raise PackError(f"{where}: missing key {sorted(want - d.keys())[0]!r}")
-    if d.keys() - want:
-        raise PackError(f"{where}: unexpected key {sorted(d.keys() - want)[0]!r}")
-
-
-def _pool(v, where: str, n: int) -> tuple | None:
-    """``pool_pre`` ``[k, stride, pad]`` or ``pool_post`` ``[k, stride]``, or null."""
-    if v is None:
-        return None
-    if not isinstance(v, list) or len(v) != n or not all(_is_int(x) for x in v) or min(v[:2]) < 1 or min(v) < 0:
-        fields = "[k, stride, pad]" if n == 3 else "[k, stride]"
-        raise PackError(f"{where}: expected null or {fields} (k, stride positive, pad >= 0), got {v!r}")
-    return tuple(v)
-
-
-def _check_common(header: dict, keys: set, encoding: str) -> tuple:
-    """The fields every engine's header has (``keys``: all of its own); returns ``input_shape``."""
-    _keys(header, "header", keys | ({"sha256"} if header["version"] >= 2 else set()))
-    _str(header["input"], "input")
-    _str(header[encoding], encoding)
-    if not isinstance(header["meta"], dict):
-        raise PackError(f"meta: expected an object, got {header['meta']!r}")
-    return _shape(header["input_shape"], "input_shape")
-
-
 def _check_header(header: dict) -> dict[str, tuple]:
     """Validate the header; returns ``{array name: (dtype, shape)}`` of every array it implies."""
-    input_shape = _check_common(header, HEADER_KEYS, "bit_encoding")
+    input_shape = check_common(header, HEADER_KEYS, "bit_encoding")
     layers = header["layers"]
     if not isinstance(layers, list) or len(layers) < 2:
         raise PackError("layers: expected a list of at least 2 layers (hidden layers, then the output layer)")
@@ -280,8 +130,8 @@ def _check_layer(i: int, d, prev: dict | None, input_shape: tuple, last: bool) -
     if d.get("kind") not in KINDS:
         raise PackError(f"{where}.kind: expected one of {list(KINDS)}, got {d.get('kind')!r}")
     conv = d["kind"] == "conv"
-    _keys(d, where, LAYER_KEYS | (CONV_KEYS if conv else set()) | ({"affine"} if last else set()))
-    _str(d["name"], f"{where}.name")
+    need_keys(d, where, LAYER_KEYS | (CONV_KEYS if conv else set()) | ({"affine"} if last else set()))
+    need_str(d["name"], f"{where}.name")
     if not isinstance(d["names"], list) or not all(isinstance(n, str) for n in d["names"]):
         raise PackError(f"{where}.names: expected a list of strings, got {d['names']!r}")
     # the engine feeds uint8 bit-planes to the first layer only, binary activations to the others
@@ -289,7 +139,7 @@ def _check_layer(i: int, d, prev: dict | None, input_shape: tuple, last: bool) -
     if d["input"] != ("planes" if first else "bits"):
         raise PackError(f"{where}.input: expected {'planes' if first else 'bits'!r}, got {d['input']!r}")
     variant = tiles.PLANES if first else tiles.ROWS
-    if not _is_int(d["variant"]) or d["variant"] != variant:
+    if not is_int(d["variant"]) or d["variant"] != variant:
         raise PackError(f"{where}.variant: expected {variant} for a layer on {d['input']}, got {d['variant']!r}")
     if last:  # the output layer: integer logits through the float tail, no sign
         if conv:
@@ -297,11 +147,11 @@ def _check_layer(i: int, d, prev: dict | None, input_shape: tuple, last: bool) -
         if d["sign_name"] is not None:
             raise PackError(f"{where}.sign_name: expected null for the output layer, got {d['sign_name']!r}")
     else:
-        _str(d["sign_name"], f"{where}.sign_name")
-    o = _int(d["out_channels"], f"{where}.out_channels")
-    k = _int(d["k"], f"{where}.k")
-    in_shape = _shape(d["in_shape"], f"{where}.in_shape", 3 if conv else 1)
-    out_shape = _shape(d["out_shape"], f"{where}.out_shape", 3 if conv else 1)
+        need_str(d["sign_name"], f"{where}.sign_name")
+    o = need_int(d["out_channels"], f"{where}.out_channels")
+    k = need_int(d["k"], f"{where}.k")
+    in_shape = need_shape(d["in_shape"], f"{where}.in_shape", 3 if conv else 1)
+    out_shape = need_shape(d["out_shape"], f"{where}.out_shape", 3 if conv else 1)
     if out_shape[0] != o:
         raise PackError(f"{where}.out_channels: {o} does not match out_shape {list(out_shape)}")
     _check_input_shape(where, d, prev, input_shape)
@@ -348,11 +198,11 @@ def _check_dense(where: str, p: str, d: dict, o: int, k: int, in_shape: tuple, p
 
 
 def _check_conv(where: str, p: str, d: dict, o: int, k: int, in_shape: tuple):
-    c = _int(d["c"], f"{where}.c")
-    stride = _int(d["stride"], f"{where}.stride")
-    pad = _int(d["pad"], f"{where}.pad", lo=0)
-    pool_pre = _pool(d["pool_pre"], f"{where}.pool_pre", 3)
-    pool_post = _pool(d["pool_post"], f"{where}.pool_post", 2)
+    c = need_int(d["c"], f"{where}.c")
+    stride = need_int(d["stride"], f"{where}.stride")
+    pad = need_int(d["pad"], f"{where}.pad", lo=0)
+    pool_pre = need_pool(d["pool_pre"], f"{where}.pool_pre", 3)
+    pool_post = need_pool(d["pool_post"], f"{where}.pool_post", 2)
     if c != in_shape[0]:
         raise PackError(f"{where}.c: {c} does not match in_shape {list(in_shape)}")
     kh = math.isqrt(k // c)
@@ -371,7 +221,7 @@ def _check_conv(where: str, p: str, d: dict, o: int, k: int, in_shape: tuple):
 
 
 def _check_affine(where: str, p: str, a, o: int) -> dict[str, tuple]:
-    _keys(a, where, {"kind", "eps", "present"})
+    need_keys(a, where, {"kind", "eps", "present"})
     if a["kind"] not in fold.Affine.ARRAYS:
         raise PackError(f"{where}.kind: expected one of {list(fold.Affine.ARRAYS)}, got {a['kind']!r}")
     eps = a["eps"]
@@ -390,22 +240,6 @@ def _check_affine(where: str, p: str, a, o: int) -> dict[str, tuple]:
 def _layer_of(name: str) -> str:
     """``l2.bits`` -> ``layers[2]``: where an array belongs in the header."""
     return f"layers[{name[1:name.index('.')]}]"
-
-
-def _check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple], owner=_layer_of) -> None:
-    """Exactly the ``expected`` arrays (``{name: (dtype, shape)}``), each of its dtype and shape;
-    ``owner(name)``: the header field an array belongs to, for the message."""
-    extra = sorted(arrays.keys() - expected.keys())
-    if extra:
-        raise PackError(f"unexpected array {extra[0]!r}")
-    for name, (dtype, shape) in expected.items():
-        layer = owner(name)
-        if name not in arrays:
-            raise PackError(f"{layer}: missing array {name!r}")
-        a = arrays[name]
-        if a.dtype != dtype or a.shape != shape:
-            raise PackError(f"{layer}: array {name!r}: expected {np.dtype(dtype)} of shape {shape}, "
-                            f"got {a.dtype} of shape {a.shape}")
 
 
 # ---------------------------------------------------------------- building the model (validated input)

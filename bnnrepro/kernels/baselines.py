@@ -15,7 +15,8 @@ bench case is also timed
 
 A path that does not exist here is ``None`` with the reason, never a silent fp32 stand-in. The
 matmul peaks (:func:`matmul_peak`) are the ceilings the torch figures are read against, as the
-popcount peak is the packed kernels'.
+popcount peak is the packed kernels'. :func:`frozen_float_copy` is the float model those paths run
+(quantized weights computed once), :func:`random_bn` a timing subject's BatchNorm statistics.
 """
 from __future__ import annotations
 
@@ -237,3 +238,42 @@ class Baselines:
             model = _dynamic_int8(_static_int8_convs(frozen, call))
             return lambda: call(model)
         return self._built(self.int8_reason, build)
+
+
+# ---------------------------------------------------------------- the models the benchmarks time
+
+def random_bn(model, seed: int = 0):
+    """``model`` in eval mode with random BatchNorm statistics and affine parameters (a timing
+    subject: BN folded into thresholds then costs what a trained net's does)."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            n = m.num_features
+            m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 40)
+            m.running_var.copy_(torch.rand(n, generator=g) * 50 + 1)
+            m.weight.data.copy_(torch.rand(n, generator=g) * 2 - 1)
+            m.bias.data.copy_(torch.rand(n, generator=g) * 2 - 1)
+    return model.eval()
+
+
+def frozen_float_copy(model):
+    """The float model with its +-1 weights computed once: plain nn.Linear/nn.Conv2d layers. The
+    fairer float baseline (the model's own eval re-binarizes its latent weights every call)."""
+    frozen = copy.deepcopy(model).eval()
+    for parent in list(frozen.modules()):
+        for cname, child in list(parent.named_children()):
+            if not hasattr(child, "quantized_weight"):
+                continue
+            with torch.no_grad():
+                w = child.quantized_weight().detach().clone()
+            if isinstance(child, nn.Conv2d):
+                new = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
+                                child.padding, child.dilation, child.groups, child.bias is not None)
+            else:
+                new = nn.Linear(child.in_features, child.out_features, child.bias is not None)
+            new.weight = nn.Parameter(w, requires_grad=False)
+            if child.bias is not None:
+                new.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
+            q = getattr(child, "input_quantizer", None)
+            setattr(parent, cname, new if q is None or getattr(q, "precision", 32) == 32 else nn.Sequential(q, new))
+    return frozen.eval()

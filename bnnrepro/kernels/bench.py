@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from ..timing import environment, timed
 from . import baselines as baselines_module
 from . import variant as variant_module
-from .baselines import Baselines, matmul_peak
+from .baselines import Baselines, frozen_float_copy, matmul_peak, random_bn
 
 PEAK_REPS = 4096  # x 8192 words per thread per peak measurement
 PEAK_CALL_REPS = 1024  # one peak sample interleaved with a case's paths (~0.3 ms on 2 Zen 4 cores)
@@ -189,25 +189,13 @@ def bench_conv(batch: int, c: int, o: int, hw: int, repeats: int, rng, baselines
     return _row(label, what, 2.0 * batch * hw * hw * o * c * 9, tp, times, ok)
 
 
-def _random_bn(model, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
-            n = m.num_features
-            m.running_mean.copy_((torch.rand(n, generator=g) - 0.5) * 40)
-            m.running_var.copy_(torch.rand(n, generator=g) * 50 + 1)
-            m.weight.data.copy_(torch.rand(n, generator=g) * 2 - 1)
-            m.bias.data.copy_(torch.rand(n, generator=g) * 2 - 1)
-    return model.eval()
-
-
 def bench_model(name: str, batch: int, repeats: int, rng, baselines: Baselines, **kwargs) -> dict:
     from .. import models
     from .engine import PackedModel
 
     shape = (1, 28, 28) if name == "mlp" else (3, 32, 32)
     torch.manual_seed(0)
-    model = _random_bn(models.build(name, input_shape=shape, num_classes=10, **kwargs))
+    model = random_bn(models.build(name, input_shape=shape, num_classes=10, **kwargs))
     packed = PackedModel.from_torch(model, shape)
     x = torch.from_numpy(rng.integers(0, 256, (batch,) + shape, dtype=np.uint8))
     xn = x.numpy()
@@ -238,33 +226,6 @@ def bench_model(name: str, batch: int, repeats: int, rng, baselines: Baselines, 
     row.update(model_eval_ms=1e3 * tt["median_s"], model_eval_iqr_ms=1e3 * tt["iqr_s"],
                speedup_vs_model_eval=tt["median_s"] / tp["median_s"])
     return row
-
-
-def frozen_float_copy(model):
-    """The float model with its +-1 weights computed once: plain nn.Linear/nn.Conv2d layers. The
-    fairer float baseline (the model's own eval re-binarizes its latent weights every call)."""
-    import copy
-
-    import torch.nn as nn
-
-    frozen = copy.deepcopy(model).eval()
-    for parent in list(frozen.modules()):
-        for cname, child in list(parent.named_children()):
-            if not hasattr(child, "quantized_weight"):
-                continue
-            with torch.no_grad():
-                w = child.quantized_weight().detach().clone()
-            if isinstance(child, nn.Conv2d):
-                new = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size, child.stride,
-                                child.padding, child.dilation, child.groups, child.bias is not None)
-            else:
-                new = nn.Linear(child.in_features, child.out_features, child.bias is not None)
-            new.weight = nn.Parameter(w, requires_grad=False)
-            if child.bias is not None:
-                new.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
-            q = getattr(child, "input_quantizer", None)
-            setattr(parent, cname, new if q is None or getattr(q, "precision", 32) == 32 else nn.Sequential(q, new))
-    return frozen.eval()
 
 
 def _layer_macs(model, shape) -> dict[str, int]:

@@ -34,7 +34,7 @@ from ..errors import PackError
 from ..nn import QuantConv2d, QuantLinear, ShiftBatchNorm
 from ..quant import DoReFaActivation
 from . import fold, multibit
-from .artifact import FORMAT, INPUT, VERSION, _check_arrays, _check_common, _int, _is_int, _keys, _str
+from .packed_file import FORMAT, INPUT, VERSION, check_arrays, check_common, is_int, need_int, need_keys, need_str
 from .bitpack import unpack, words
 from .multibit_engine import BitSerialStage, FloatStage, MultiBitModel
 from .walk import _is_skip, _kind, _precision
@@ -67,13 +67,13 @@ def _number(v, where: str, lo: float | None = None) -> float:
 def _bits(v, where: str, hi: int = 8, none: bool = False) -> int | None:
     if none and v is None:
         return None
-    if not _is_int(v) or not 1 <= v <= hi:
+    if not is_int(v) or not 1 <= v <= hi:
         raise PackError(f"{where}: expected an int from 1 to {hi}{' or null' if none else ''}, got {v!r}")
     return v
 
 
 def _pair(v, where: str, lo: int = 1) -> tuple:
-    if not isinstance(v, list) or len(v) != 2 or not all(_is_int(x) and x >= lo for x in v):
+    if not isinstance(v, list) or len(v) != 2 or not all(is_int(x) and x >= lo for x in v):
         raise PackError(f"{where}: expected [int, int] (each >= {lo}), got {v!r}")
     return tuple(v)
 
@@ -88,12 +88,12 @@ def _choice(*options):
 
 
 def _dim(v, where: str) -> int:
-    if not _is_int(v):
+    if not is_int(v):
         raise PackError(f"{where}: expected an int, got {v!r}")
     return v
 
 
-_pos = _int
+_pos = need_int
 _eps = lambda v, where: _number(v, where, lo=0)  # noqa: E731
 _nonneg_pair = lambda v, where: _pair(v, where, lo=0)  # noqa: E731
 
@@ -254,9 +254,9 @@ def _check_module(where: str, d, named: bool = True) -> dict:
     if d.get("type") not in MODULES:
         raise PackError(f"{where}.type: expected one of {sorted(MODULES)}, got {d.get('type')!r}")
     fields = MODULES[d["type"]]
-    _keys(d, where, {"type"} | ({"name"} if named else set()) | set(fields))
+    need_keys(d, where, {"type"} | ({"name"} if named else set()) | set(fields))
     if named:
-        _str(d["name"], f"{where}.name")
+        need_str(d["name"], f"{where}.name")
     for key, check_field in fields.items():
         check_field(d[key], f"{where}.{key}")
     if d["type"] == "hardtanh" and not d["max_val"] > d["min_val"]:
@@ -339,8 +339,8 @@ def _check_modules(where: str, mods, prefix: str, shape: tuple, expected: dict, 
 
 
 def _check_float(where: str, p: str, d: dict, shape: tuple, expected: dict) -> tuple:
-    _keys(d, where, FLOAT_KEYS)
-    _str(d["name"], f"{where}.name")
+    need_keys(d, where, FLOAT_KEYS)
+    need_str(d["name"], f"{where}.name")
     out_bits = _bits(d["out_bits"], f"{where}.out_bits", none=True)
     shape = _check_modules(f"{where}.modules", d["modules"], p, shape, expected)
     if d["name"] not in [m["name"] for m in d["modules"]]:
@@ -355,20 +355,20 @@ def _check_float(where: str, p: str, d: dict, shape: tuple, expected: dict) -> t
 
 
 def _check_bitserial(where: str, p: str, d: dict, shape: tuple, bits: int | None, expected: dict) -> tuple:
-    _keys(d, where, BITSERIAL_KEYS)
+    need_keys(d, where, BITSERIAL_KEYS)
     if bits is None:
         raise PackError(f"{where}.type: a bit-serial stage takes codes; its input is float values (the model input "
                         f"or a float output)")
-    if not _is_int(d["in_bits"]) or d["in_bits"] != bits:
+    if not is_int(d["in_bits"]) or d["in_bits"] != bits:
         raise PackError(f"{where}.in_bits: expected {bits} (the codes the stage before makes), got {d['in_bits']!r}")
-    _str(d["name"], f"{where}.name")
+    need_str(d["name"], f"{where}.name")
     if not isinstance(d["names"], list) or not d["names"] or not all(isinstance(n, str) for n in d["names"]) \
             or d["names"][0] != d["name"]:
         raise PackError(f"{where}.names: expected a list of strings starting with the name {d['name']!r}, "
                         f"got {d['names']!r}")
     w_bits = _bits(d["w_bits"], f"{where}.w_bits")
     _number(d["w_scale"], f"{where}.w_scale", lo=0)
-    n, k = _int(d["n"], f"{where}.n"), _int(d["k"], f"{where}.k")
+    n, k = need_int(d["n"], f"{where}.n"), need_int(d["k"], f"{where}.k")
     out_bits = _bits(d["out_bits"], f"{where}.out_bits", none=True)
     _bool(d["flatten"], f"{where}.flatten")
     conv = d["conv"]
@@ -377,7 +377,7 @@ def _check_bitserial(where: str, p: str, d: dict, shape: tuple, bits: int | None
             raise PackError(f"{where}.k: {k} does not match its input shape {list(shape)}")
         shape = (n,)
     else:
-        if not isinstance(conv, list) or len(conv) != 4 or not all(_is_int(x) for x in conv) or min(conv[:3]) < 1 \
+        if not isinstance(conv, list) or len(conv) != 4 or not all(is_int(x) for x in conv) or min(conv[:3]) < 1 \
                 or conv[3] < 0:
             raise PackError(f"{where}.conv: expected null or [kh, kw, stride, pad] (pad >= 0, the rest positive), "
                             f"got {conv!r}")
@@ -394,7 +394,7 @@ def _check_bitserial(where: str, p: str, d: dict, shape: tuple, bits: int | None
             raise PackError(f"{where}: a stage with a float tail neither pools nor flattens its codes "
                             f"(pool null, flatten false)")
         tail = d["tail"]
-        _keys(tail, f"{where}.tail", {"bias", "modules"})
+        need_keys(tail, f"{where}.tail", {"bias", "modules"})
         if _bool(tail["bias"], f"{where}.tail.bias"):
             expected[p + "tail.bias"] = (np.float32, (n,))
         return _check_modules(f"{where}.tail.modules", tail["modules"], p + "tail.", shape, expected, TAIL_TYPES)
@@ -429,7 +429,7 @@ def check(header: dict, arrays: dict[str, np.ndarray]) -> None:
     the shapes through every stage, each array's dtype and shape, the bits past the end of the planes."""
     if header["version"] < 2:
         raise PackError(f"version: a multi-bit file has version >= 2 (a content hash), got {header['version']}")
-    shape = _check_common(header, HEADER_KEYS, "code_encoding")
+    shape = check_common(header, HEADER_KEYS, "code_encoding")
     stages = header["stages"]
     if not isinstance(stages, list) or not stages:
         raise PackError("stages: expected a non-empty list of stages")
@@ -448,7 +448,7 @@ def check(header: dict, arrays: dict[str, np.ndarray]) -> None:
     if bits is not None or len(shape) != 1:
         raise PackError(f"stages[{len(stages) - 1}]: the last stage must make logits [classes], it makes "
                         f"{'codes' if bits is not None else 'values'} of shape {list(shape)}")
-    _check_arrays(arrays, expected, _owner)
+    check_arrays(arrays, expected, _owner)
     for i, d in enumerate(stages):
         if d["type"] == "bitserial":
             _check_pad_bits(f"s{i}.", d, arrays)

@@ -31,7 +31,7 @@ import torch
 from ..errors import PackError
 from ..timing import environment, timed
 from . import variant
-from .baselines import Baselines
+from .baselines import Baselines, frozen_float_copy, random_bn
 
 SHAPE = (1, 28, 28)
 BATCHES = (1, 64)
@@ -54,12 +54,11 @@ def _model(preset: str, scale: str):
     from ..compose import compose
     from ..config import validate
     from ..train.factory import build_model
-    from .bench import _random_bn
 
     cfg = compose(preset.split() + [f"scale={scale}"])
     validate(cfg)
     torch.manual_seed(0)
-    return _random_bn(build_model(cfg, SHAPE, 10))
+    return random_bn(build_model(cfg, SHAPE, 10))
 
 
 def _size(packed) -> tuple[int, str]:
@@ -83,7 +82,6 @@ def _call(m, x):
 def measure(preset: str, scale: str, repeats: int, baselines: Baselines, rng) -> dict:
     """One architecture's latencies (ms per batch), sizes and agreement of packed and torch."""
     from .artifact import float_weight_bytes
-    from .bench import frozen_float_copy
     from .engine import PackedModel
 
     model = _model(preset, scale)
