@@ -185,9 +185,9 @@ def plot(rows: list[dict], out: Path) -> Path:
         ax2.errorbar(size / 1024, err, yerr=sd, linestyle="none", capsize=2, **style)
         ax2.annotate(label, (size / 1024, err), fontsize=6, xytext=(3, 3), textcoords="offset points")
     ax1.set_xscale("log")
-    ax1.set_xlabel("latency at batch 64 (ms; circles: packed engine, squares: fastest torch path)")
+    ax1.set_xlabel("batch-64 latency, ms (circles: packed, squares: fastest torch)")
     ax2.set_xscale("log")
-    ax2.set_xlabel("model size (KiB; packed file, or float32 weights where not packable)")
+    ax2.set_xlabel("size, KiB (packed file, or float32 weights)")
     for ax in (ax1, ax2):
         ax.set_ylabel("test error (%)")
         ax.grid(alpha=0.3)
