@@ -194,7 +194,7 @@ def _edit_w_bits(h, a):
 
 def _edit_out_bits(h, a):
     _stage(h, 1)["out_bits"] = _stage(h, 2)["in_bits"] = 3
-    return "stages[1]: array 's1.t': expected int64 of shape (65, 7)"
+    return "stages[1]: array 's1.t': expected int16 or int32 or int64 of shape (65, 7)"
 
 
 def _edit_float_out_bits(h, a):
@@ -268,8 +268,8 @@ def _wrong_shape(h, a):
 
 
 def _wrong_dtype(h, a):
-    a["s1.t"] = a["s1.t"].astype(np.int32)
-    return "stages[1]: array 's1.t': expected int64"
+    a["s1.t"] = a["s1.t"].astype(np.float32)
+    return "stages[1]: array 's1.t': expected int16 or int32 or int64"
 
 
 def _tail_bias_shape(h, a):
@@ -377,3 +377,29 @@ def test_trained_run_pack_load_bit_identical(dorefa_run, tmp_path, capsys):
 
     with pytest.raises(CheckpointError, match="packed artifact.*compare <run> --artifact"):
         evaluate.run(str(out))
+
+
+# ---------------------------------------------------------------- thresholds in the narrowest integer type
+
+@pytest.mark.parametrize("lo,hi,dtype", [(-768, 768, np.int16), (-32767, 32767, np.int16), (-32768, 5, np.int32),
+                                         (-2**31 + 1, 2**31 - 1, np.int32), (0, 2**31, np.int64)])
+def test_thresholds_take_the_narrowest_type_and_widen_back_exactly(lo, hi, dtype):
+    from bnnrepro.kernels import multibit_artifact as mba
+    from bnnrepro.kernels.tiles import NEVER
+
+    t = np.array([[lo, NEVER, hi], [NEVER, NEVER, NEVER], [hi, lo, 0]], np.int64)
+    narrow = mba.narrow_thresholds(t)
+    assert narrow.dtype == dtype
+    assert np.array_equal(mba.widen_thresholds(narrow), t) and mba.widen_thresholds(narrow).dtype == np.int64
+    assert mba.narrow_thresholds(np.full((2, 3), NEVER, np.int64)).dtype == np.int16  # nothing reachable
+
+
+def test_saved_thresholds_are_narrow_and_an_int64_file_still_loads(mlp, tmp_path):
+    packed, path = mlp
+    header, arrays = _read(path)
+    assert arrays["s1.t"].dtype == np.int16  # |y| <= 64 * 1 * 3 for the 64-wide W1A2 layer
+    x = _images(32)
+    arrays["s1.t"] = np.asarray(packed.stages[1].thresholds.t, np.int64)  # as files were written before
+    _write(tmp_path / "wide.bnn", header, arrays)
+    assert torch.equal(artifact.load(tmp_path / "wide.bnn").forward(x), packed.forward(x))
+

@@ -8,7 +8,8 @@ The same container as the binary engine's (``artifact``: an ``.npz`` of numeric 
   kernels compute with (``s<i>.planes``: uint64 ``[w_bits * n, ceil(k / 64)]``, row ``j * n + o`` is
   bit ``j`` of output ``o``'s codes, bit 1 = code bit 0), ``w_scale`` (the value of ``2u - n_w`` is
   ``w_scale * (2u - n_w)``), the convolution geometry, the max-pool on the codes, and either the
-  folded level thresholds (``s<i>.t`` int64 ``[n, 2**out_bits - 1]``, ``s<i>.flip`` packed bits) or
+  folded level thresholds (``s<i>.t`` ``[n, 2**out_bits - 1]`` in the narrowest of int16, int32,
+  int64 that holds them, the dtype's minimum standing for "never", ``s<i>.flip`` packed bits) or
   the float tail (feeding a float output layer): the layer's bias and its elementwise chain, as
   module descriptions;
 * a **float stage** (``"type": "float"``) stores its torch modules as descriptions (:data:`MODULES`:
@@ -37,7 +38,28 @@ from . import fold, multibit
 from .packed_file import FORMAT, INPUT, VERSION, check_arrays, check_common, is_int, need_int, need_keys, need_str
 from .bitpack import unpack, words
 from .multibit_engine import BitSerialStage, FloatStage, MultiBitModel
+from .tiles import NEVER
 from .walk import _is_skip, _kind, _precision
+
+THRESHOLD_DTYPES = (np.int16, np.int32, np.int64)
+
+
+def narrow_thresholds(t: np.ndarray) -> np.ndarray:
+    """Level thresholds in the narrowest of :data:`THRESHOLD_DTYPES` that holds every reachable one,
+    the never-reached ``tiles.NEVER`` stored as that dtype's minimum (a threshold is at least the
+    pre-activation's minimum + 1, so the minimum is free)."""
+    t = np.asarray(t, np.int64)
+    live = t[t != NEVER]
+    for dtype in THRESHOLD_DTYPES:
+        info = np.iinfo(dtype)
+        if live.size == 0 or (live.min() > info.min and live.max() <= info.max):
+            return np.where(t == NEVER, info.min, t).astype(dtype)
+    raise AssertionError("int64 holds every threshold")
+
+
+def widen_thresholds(t: np.ndarray) -> np.ndarray:
+    """The int64 thresholds the kernels take, from :func:`narrow_thresholds`' array."""
+    return np.ascontiguousarray(np.where(t == np.iinfo(t.dtype).min, NEVER, t.astype(np.int64)), np.int64)
 
 ENGINE = "multibit"
 CODE_ENCODING = ("activation code c of k bits: value c / (2**k - 1); weight code u of m bits: value "
@@ -224,7 +246,7 @@ def describe(model: MultiBitModel) -> tuple[dict, dict[str, np.ndarray]]:
              "flatten": bool(st.flatten), "out_bits": st.out_bits, "tail": None}
         arrays[p + "planes"] = w.planes.bits
         if st.thresholds is not None:
-            arrays[p + "t"] = np.asarray(st.thresholds.t, np.int64)
+            arrays[p + "t"] = narrow_thresholds(st.thresholds.t)
             arrays[p + "flip"] = np.packbits(np.asarray(st.thresholds.flip, bool).reshape(-1), bitorder="little")
         else:
             if st.chain is None:
@@ -401,7 +423,7 @@ def _check_bitserial(where: str, p: str, d: dict, shape: tuple, bits: int | None
     if d["tail"] is not None:
         raise PackError(f"{where}.tail: expected null for a stage that makes {out_bits}-bit codes")
     levels = 2 ** out_bits - 1
-    expected.update({p + "t": (np.int64, (n, levels)), p + "flip": (np.uint8, (-(-n * levels // 8),))})
+    expected.update({p + "t": (THRESHOLD_DTYPES, (n, levels)), p + "flip": (np.uint8, (-(-n * levels // 8),))})
     if d["pool"] is not None:
         if conv is None:
             raise PackError(f"{where}.pool: a dense stage cannot pool")
@@ -540,7 +562,7 @@ def build(header: dict, arrays: dict[str, np.ndarray]) -> MultiBitModel:
         if d["out_bits"] is not None:
             levels = 2 ** d["out_bits"] - 1
             flip = np.unpackbits(arrays[p + "flip"], bitorder="little")[:n * levels].reshape(n, levels).astype(bool)
-            st.thresholds = multibit.LevelThresholds(np.ascontiguousarray(arrays[p + "t"], np.int64), flip)
+            st.thresholds = multibit.LevelThresholds(widen_thresholds(arrays[p + "t"]), flip)
             st.pool = None if d["pool"] is None else build_module(d["pool"], {})
         else:
             st.chain = _modules(d["tail"]["modules"], p + "tail.", arrays)

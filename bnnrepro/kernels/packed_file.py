@@ -171,8 +171,8 @@ def check_common(header: dict, keys: set, encoding: str) -> tuple:
 
 
 def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple], owner) -> None:
-    """Exactly the ``expected`` arrays (``{name: (dtype, shape)}``), each of its dtype and shape;
-    ``owner(name)``: the header field an array belongs to, for the message."""
+    """Exactly the ``expected`` arrays (``{name: (dtype, shape)}``; a tuple of dtypes: any of them),
+    each of its dtype and shape; ``owner(name)``: the header field an array belongs to, for the message."""
     extra = sorted(arrays.keys() - expected.keys())
     if extra:
         raise PackError(f"unexpected array {extra[0]!r}")
@@ -181,6 +181,7 @@ def check_arrays(arrays: dict[str, np.ndarray], expected: dict[str, tuple], owne
         if name not in arrays:
             raise PackError(f"{layer}: missing array {name!r}")
         a = arrays[name]
-        if a.dtype != dtype or a.shape != shape:
-            raise PackError(f"{layer}: array {name!r}: expected {np.dtype(dtype)} of shape {shape}, "
-                            f"got {a.dtype} of shape {a.shape}")
+        dtypes = tuple(np.dtype(d) for d in (dtype if isinstance(dtype, tuple) else (dtype,)))
+        if a.dtype not in dtypes or a.shape != shape:
+            raise PackError(f"{layer}: array {name!r}: expected {' or '.join(str(d) for d in dtypes)} of shape "
+                            f"{shape}, got {a.dtype} of shape {a.shape}")
