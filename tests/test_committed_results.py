@@ -4,6 +4,7 @@ the machine that made it, a clean tree), every record is cited by a committed fi
 byte from the records alone."""
 from __future__ import annotations
 
+import csv
 import json
 import re
 import shutil
@@ -75,10 +76,27 @@ def test_no_train_rebuilds_the_committed_results_byte_for_byte(tmp_path, monkeyp
         if not committed.is_file() or rel.parts[0] == RECORDS.name or committed.name == "README.md" \
                 or committed.suffix not in (".md", ".csv", ".tex", ".png"):
             continue
-        if committed.name.startswith(("kernels.", "train_speed.")):
-            continue  # the benchmarks measure a machine; they are not built from records
+        if committed.name.startswith(("kernels.", "train_speed.", "pareto_mnist.")):
+            continue  # the benchmarks measure a machine (pareto's latencies too); they are not built from records
         rebuilt = copy / rel
         assert rebuilt.is_file(), f"{rel} is not rebuilt by bnnrepro table all --no-train"
         if committed.suffix == ".png":
             continue  # pictures are redrawn; their pixels depend on the matplotlib build, not the data
         assert rebuilt.read_bytes() == committed.read_bytes(), f"{rel} differs when rebuilt from the records"
+
+
+def test_committed_pareto_errors_are_the_quant_grids():
+    """pareto_mnist is a benchmark (its latencies measure a machine), but its error column must be the
+    record-built quant grid's, row for row: the grid is rebuilt from the records above."""
+    with open(RESULTS / "quant_grid_mnist.csv", newline="") as f:
+        grid = {r["row"]: r for r in csv.DictReader(f)}
+    with open(RESULTS / "pareto_mnist.csv", newline="") as f:
+        pareto = list(csv.DictReader(f))
+    assert pareto, "pareto_mnist.csv has no rows"
+    for row in pareto:
+        assert row["row"] in grid, f"pareto row {row['row']} is not in quant_grid_mnist.csv"
+        want = grid[row["row"]]
+        assert float(row["test_error"]) == pytest.approx(float(want["mean"]), abs=1e-9), row["row"]
+        assert int(row["n"]) == int(want["n"]), row["row"]
+    reproduced = {k for k, r in grid.items() if r["mean"]}
+    assert {r["row"] for r in pareto} == reproduced, "pareto_mnist.csv lacks a reproduced grid row"
