@@ -56,12 +56,32 @@ def test_bf16_backward_rounds_only_the_gradient():
     assert not torch.equal(x.grad, want_x)  # it did run in bf16
 
 
-@pytest.mark.parametrize("dropout,qualify", [(0.0, True), (0.5, True), (0.75, True), (0.2, False)])
+@pytest.mark.parametrize("dropout,qualify", [(0.0, True), (0.5, True), (0.75, True), (0.2, True), (0.3, False),
+                                              (0.1, False)])
 def test_only_pm1_by_pm1_linear_layers_qualify(dropout, qualify):
     bnn = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32, 32), dropout_hidden=dropout)
     linears = [n for n, m in bnn.named_modules() if isinstance(m, QuantLinear)]
-    # not the first layer (its input is real-valued); a dropout scaling by 1.25 breaks exactness
+    # not the first layer (its input is real-valued); a dropout scaling by 1/0.7 or 1/0.9 (24
+    # significant bits) makes fp32's own sums round, so there is nothing exact to match
     assert precision.qualifying_layers(bnn) == (linears[1:] if qualify else [])
+
+
+@pytest.mark.parametrize("c,bits", [(1.0, 1), (2.0, 1), (0.5, 1), (1.25, 3), (1.5, 2), (1.75, 3), (1 + 2 ** -23, 24)])
+def test_significand_bits(c, bits):
+    assert precision.significand_bits(c) == bits
+
+
+@pytest.mark.parametrize("k", [255, 4096])
+def test_a_scaled_input_matmul_is_exact_and_its_gradients_close(k):
+    g = torch.Generator().manual_seed(k)
+    x = (_pm1(16, k, seed=2) * (torch.rand(16, k, generator=g) > 0.2) * 1.25).requires_grad_()
+    w = _pm1(40, k, seed=3).requires_grad_()
+    grad = torch.randn(16, 40, generator=g)
+    out = precision.Bf16PlusMinusOneLinear.apply(x, w, 1.25)
+    assert torch.equal(out, x.detach() @ w.detach().t())
+    out.backward(grad)
+    torch.testing.assert_close(x.grad, grad @ w.detach(), rtol=0.02, atol=0.05)
+    torch.testing.assert_close(w.grad, grad.t() @ x.detach(), rtol=0.02, atol=0.08)
 
 
 def test_float_and_dorefa_nets_have_no_bf16_layers():
@@ -74,20 +94,24 @@ def test_float_and_dorefa_nets_have_no_bf16_layers():
                                                  quant=quant)) == []
 
 
+@pytest.mark.parametrize("dropout", [0.5, 0.2])
 @pytest.mark.parametrize("activation", ["sign", "stochastic_sign"])
-def test_a_bnn_nets_bf16_forward_is_bit_identical_in_train_mode_too(activation):
+def test_a_bnn_nets_bf16_forward_is_bit_identical_in_train_and_eval_mode(activation, dropout):
     from bnnrepro.quant import QuantScheme
 
     torch.manual_seed(0)
-    net = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(300, 300), dropout_hidden=0.5,
+    net = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(300, 1100), dropout_hidden=dropout,
                 quant=QuantScheme.from_config({"activation": activation}))
     x = torch.randn(20, 1, 8, 8)
-    outs = []
-    for p in ("fp32", "bf16"):
-        precision.configure(net, p, CPU)
-        torch.manual_seed(1)  # the same dropout masks and stochastic signs
-        outs.append(net(x))
-    assert torch.equal(outs[0], outs[1])
+    for mode in (net.train, net.eval):
+        mode()
+        outs = []
+        for p in ("fp32", "bf16"):
+            record = precision.configure(net, p, CPU)
+            torch.manual_seed(1)  # the same dropout masks and stochastic signs
+            outs.append(net(x))
+        assert len(record["bf16_layers"]) == 2
+        assert torch.equal(outs[0], outs[1]), mode.__name__
 
 
 @pytest.mark.parametrize("requested,hardware,used", [

@@ -92,6 +92,9 @@ class QuantLinear(nn.Linear, QuantLayer):
     """
 
     matmul_dtype = None  # torch.bfloat16: set by nn.precision.configure on +-1 x +-1 layers
+    # with matmul_dtype: the factor of a training-mode dropout before this layer (its input is then
+    # {0, +-factor}, not +-1); a dropout is active exactly when the model, and so this layer, trains
+    matmul_input_scale = None
 
     def __init__(self, in_features, out_features, bias=False, *, input_quantizer=None,
                  weight_quantizer=None, init="auto", grad_quantizer=None):
@@ -101,7 +104,8 @@ class QuantLinear(nn.Linear, QuantLayer):
     def forward(self, x):
         """``grad_quantizer(input_quantizer(x) @ quantized_weight().T + bias)``."""
         return self.grad_quantizer(precision.linear(self.input_quantizer(x), self.quantized_weight(), self.bias,
-                                                    self.matmul_dtype))
+                                                    self.matmul_dtype,
+                                                    self.matmul_input_scale if self.training else None))
 
 
 class QuantConv2d(nn.Conv2d, QuantLayer):

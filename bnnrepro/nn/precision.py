@@ -11,16 +11,17 @@ real-valued output gradient in bf16 and round there, as mixed precision does.
 A linear layer qualifies when its weight quantizer produces exactly +-1 and its input is exactly +-1:
 its own input quantizer is a sign, or, in an ``nn.Sequential``, the module before it is a sign
 (a dropout between them is allowed when it scales by a power of two, 1/(1-p) = 2 at BNN's p = 0.5:
-inputs in {0, +-2} keep every chunk's sum exact). So BNN's hidden and output layers qualify, and its
-first layer (real-valued input) does not; conv layers and DoReFa/QNN k-bit levels stay fp32 (their
-sums would need smaller chunks to stay exact).
+inputs in {0, +-2} keep every chunk's sum exact; or by a c = 1/(1-p) with a short significand,
+1.25 at p = 0.2, where fp32's own sums of +-c are exact: the layer then divides its input by c,
+{0, +-c} -> {0, +-1} exactly, and multiplies the exact integer result by c, one exact product).
+So BNN's hidden and output layers qualify, and its first layer (real-valued input) does not; conv
+layers and DoReFa/QNN k-bit levels stay fp32 (their sums would need smaller chunks to stay exact).
 
 ``auto`` takes bf16 only where the hardware multiplies bf16 matrices natively (AMX or AVX512-BF16 on
 CPU, compute capability 8.0+ on CUDA): elsewhere bf16 is emulated and slower than fp32.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
@@ -41,31 +42,54 @@ def pm1_valued(quantizer: nn.Module) -> bool:
     return kind == "linear" and getattr(quantizer, "precision", 32) == 1 and getattr(quantizer, "scale", 1.0) == 1.0
 
 
-def _power_of_two_dropout(m: nn.Module) -> bool:
-    if not isinstance(m, nn.Dropout):
-        return False
-    scale = 1.0 / (1.0 - m.p) if m.p < 1 else 0.0
-    return m.p == 0 or (scale > 0 and math.log2(scale).is_integer())
+def dropout_scale(m: nn.Module) -> float | None:
+    """The factor a training-mode ``nn.Dropout`` multiplies kept values by, as the fp32 number torch
+    uses (1.0 at p = 0); None for any other module or p = 1."""
+    if not isinstance(m, nn.Dropout) or m.p >= 1:
+        return None
+    return torch.tensor(1.0 / (1.0 - m.p), dtype=torch.float32).item()
 
 
-def qualifying_layers(model: nn.Module) -> list[str]:
-    """Names of the linear layers whose matmul operands are exactly +-1 (see the module docstring)."""
+def significand_bits(c: float) -> int:
+    """How many significant bits the fp32 number ``c`` (> 0) has: 1 for a power of two, 3 for 1.25."""
+    mantissa = int(torch.tensor(c, dtype=torch.float32).view(torch.int32).item()) & 0x7FFFFF | 0x800000
+    return 24 - ((mantissa & -mantissa).bit_length() - 1)
+
+
+def _exact_sums(scale: float, k: int) -> bool:
+    """Every partial sum of k terms of +-``scale`` is exact in fp32 (so fp32's result is too)."""
+    return significand_bits(scale) + k.bit_length() <= 24
+
+
+def _qualifying(model: nn.Module) -> list[tuple[str, float]]:
+    """(name, input scale) of each linear layer whose matmul operands are exactly +-1 times the
+    scale (1.0, or the factor of a dropout between the sign and the layer)."""
     found = []
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
             continue
-        pm1_in = False  # the value flowing into the next child is +-1 (times a power of two)
+        scale = None  # the value flowing into the next child is +-1 times ``scale`` (None: it is not)
         for name, m in seq.named_children():
             if isinstance(m, nn.Linear) and hasattr(m, "weight_quantizer"):  # a QuantLinear
-                if pm1_valued(m.weight_quantizer) and (pm1_valued(m.input_quantizer) or (
-                        pm1_in and getattr(m.input_quantizer, "kind", None) == "identity")):
-                    found.append(f"{seq_name}.{name}" if seq_name else name)
-                pm1_in = False
+                if pm1_valued(m.weight_quantizer) and pm1_valued(m.input_quantizer):
+                    found.append((f"{seq_name}.{name}" if seq_name else name, 1.0))
+                elif pm1_valued(m.weight_quantizer) and scale is not None and \
+                        getattr(m.input_quantizer, "kind", None) == "identity" and \
+                        (significand_bits(scale) == 1 or _exact_sums(scale, m.in_features)):
+                    found.append((f"{seq_name}.{name}" if seq_name else name, scale))
+                scale = None
             elif pm1_valued(m):
-                pm1_in = True
-            elif not (isinstance(m, nn.Flatten) or _power_of_two_dropout(m)):
-                pm1_in = False
+                scale = 1.0
+            elif isinstance(m, nn.Dropout) and scale is not None:
+                scale = scale if m.p == 0 else dropout_scale(m) if scale == 1.0 else None
+            elif not isinstance(m, nn.Flatten):
+                scale = None
     return found
+
+
+def qualifying_layers(model: nn.Module) -> list[str]:
+    """Names of the linear layers whose matmul operands are exactly +-1 (see the module docstring)."""
+    return [name for name, _ in _qualifying(model)]
 
 
 def cpu_flags() -> set[str]:
@@ -102,9 +126,13 @@ def resolve(requested: str, device: torch.device, hardware=bf16_hardware) -> tup
 def configure(model: nn.Module, requested: str, device: torch.device, hardware=bf16_hardware) -> dict:
     """Set every qualifying layer's matmul precision; the record that goes into summary.json."""
     used, why = resolve(requested, device, hardware)
-    layers = qualifying_layers(model)
-    for name in layers:
-        model.get_submodule(name).matmul_dtype = torch.bfloat16 if used == "bf16" else None
+    found = _qualifying(model)
+    layers = [name for name, _ in found]
+    for name, scale in found:
+        layer = model.get_submodule(name)
+        layer.matmul_dtype = torch.bfloat16 if used == "bf16" else None
+        # a power of two keeps the bf16 chunk sums exact as they are; another factor is divided out
+        layer.matmul_input_scale = None if significand_bits(scale) == 1 else scale
     return {"requested": requested, "used": used, "reason": why,
             "bf16_layers": layers if used == "bf16" else []}
 
@@ -126,14 +154,16 @@ def _exact_bf16_matmul(xb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
 
 
 class Bf16PlusMinusOneLinear(torch.autograd.Function):
-    """``F.linear(x, w)`` for +-1 ``x`` and ``w`` (2-D ``x``): forward exact (bit-identical to
-    fp32), backward matmuls in bf16 (the output gradient rounds)."""
+    """``F.linear(x, w)`` for +-1 ``w`` and ``x`` in {0, +-scale} (2-D ``x``; ``scale`` None: 1):
+    forward exact (bit-identical to fp32), backward matmuls in bf16 (the output gradient rounds)."""
 
     @staticmethod
-    def forward(ctx, x, w):
-        xb, wb = x.to(torch.bfloat16), w.to(torch.bfloat16)
+    def forward(ctx, x, w, scale=None):
+        xb, wb = (x if scale is None else x / scale).to(torch.bfloat16), w.to(torch.bfloat16)
         ctx.save_for_backward(xb, wb)  # the backward's operands, converted once (and half the memory)
-        return _exact_bf16_matmul(xb, wb)
+        ctx.scale = scale
+        out = _exact_bf16_matmul(xb, wb)
+        return out if scale is None else out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
@@ -141,12 +171,16 @@ class Bf16PlusMinusOneLinear(torch.autograd.Function):
         gb = grad.to(torch.bfloat16)
         grad_x = (gb @ wb).float() if ctx.needs_input_grad[0] else None
         grad_w = (gb.t() @ xb).float() if ctx.needs_input_grad[1] else None
-        return grad_x, grad_w
+        if grad_w is not None and ctx.scale is not None:
+            grad_w.mul_(ctx.scale)
+        return grad_x, grad_w, None
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype) -> torch.Tensor:
-    """The layer's matmul at its precision (``dtype`` None: fp32 as usual)."""
+def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype,
+           input_scale: float | None = None) -> torch.Tensor:
+    """The layer's matmul at its precision (``dtype`` None: fp32 as usual); ``input_scale``: the
+    input is in {0, +-input_scale} (a training-mode dropout's output), not +-1."""
     if dtype is None or x.dim() != 2:
         return F.linear(x, w, bias)
-    out = Bf16PlusMinusOneLinear.apply(x, w)
+    out = Bf16PlusMinusOneLinear.apply(x, w, input_scale)
     return out if bias is None else out + bias  # the sum is exact; adding the bias rounds once
