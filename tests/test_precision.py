@@ -61,9 +61,14 @@ def test_bf16_backward_rounds_only_the_gradient():
 def test_only_pm1_by_pm1_linear_layers_qualify(dropout, qualify):
     bnn = build("mlp", input_shape=(1, 8, 8), num_classes=10, hidden=(32, 32), dropout_hidden=dropout)
     linears = [n for n, m in bnn.named_modules() if isinstance(m, QuantLinear)]
-    # not the first layer (its input is real-valued); a dropout scaling by 1/0.7 or 1/0.9 (24
+    # not the first layer (its input is real-valued); a dropout scaling by 1/0.7 or 1/0.9 (23 and 22
     # significant bits) makes fp32's own sums round, so there is nothing exact to match
     assert precision.qualifying_layers(bnn) == (linears[1:] if qualify else [])
+    # the factor a layer divides out: a dropout's 1.25, none for a sign-fed layer or a power of two
+    precision.configure(bnn, "bf16", CPU)
+    want = 1.25 if dropout == 0.2 else None
+    assert [bnn.get_submodule(n).matmul_input_scale for n in precision.qualifying_layers(bnn)] == \
+        ([want] * (len(linears) - 1) if qualify else [])
 
 
 @pytest.mark.parametrize("c,bits", [(1.0, 1), (2.0, 1), (0.5, 1), (1.25, 3), (1.5, 2), (1.75, 3), (1 + 2 ** -23, 24)])
