@@ -326,7 +326,11 @@ def test_a_group_that_mixes_configs_says_which_keys_differ():
     df = runs.frame([committed])
     by_experiment = runs.groups(df, ["experiment"]).set_index("experiment")
     assert "data.name" in by_experiment.loc["merolla_clip", "mixed"]
-    assert by_experiment.loc["bnn_mnist_torch7", "mixed"] == ()
+    # BNN Table 1's Torch7 runs: three at scale=quick, one at the paper's protocol in bf16
+    assert {"scale.name", "train.precision"} <= set(by_experiment.loc["bnn_mnist_torch7", "mixed"])
+    by_scale = runs.groups(df, ["experiment", "scale.name"]).set_index(["experiment", "scale.name"])
+    assert by_scale.loc[("bnn_mnist_torch7", "quick"), "mixed"] == ()
+    assert by_scale.loc[("bnn_mnist_torch7", "paper"), "mixed"] == ()
     line = [t for t in runs.group_lines(runs.groups(df, ["experiment"]), ["experiment"]) if "=merolla_clip " in t]
     assert "mixes configs: data.name differ" in line[0]
     split = runs.groups(df, ["experiment", "data.name"]).set_index(["experiment", "data.name"])
