@@ -61,9 +61,10 @@ def _exact_sums(scale: float, k: int) -> bool:
     return significand_bits(scale) + k.bit_length() <= 24
 
 
-def _qualifying(model: nn.Module) -> list[tuple[str, float]]:
-    """(name, input scale) of each linear layer whose matmul operands are exactly +-1 times the
-    scale (1.0, or the factor of a dropout between the sign and the layer)."""
+def _qualifying(model: nn.Module) -> list[tuple[str, float | None]]:
+    """(name, factor to divide out) of each linear layer whose matmul operands are exactly +-1, the
+    input times 1, a power of two (chunk sums stay exact as they are: None) or the factor of a
+    dropout between the sign and the layer (see the module docstring)."""
     found = []
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -71,17 +72,20 @@ def _qualifying(model: nn.Module) -> list[tuple[str, float]]:
         scale = None  # the value flowing into the next child is +-1 times ``scale`` (None: it is not)
         for name, m in seq.named_children():
             if isinstance(m, nn.Linear) and hasattr(m, "weight_quantizer"):  # a QuantLinear
-                if pm1_valued(m.weight_quantizer) and pm1_valued(m.input_quantizer):
-                    found.append((f"{seq_name}.{name}" if seq_name else name, 1.0))
-                elif pm1_valued(m.weight_quantizer) and scale is not None and \
-                        getattr(m.input_quantizer, "kind", None) == "identity" and \
-                        (significand_bits(scale) == 1 or _exact_sums(scale, m.in_features)):
-                    found.append((f"{seq_name}.{name}" if seq_name else name, scale))
+                if pm1_valued(m.input_quantizer):
+                    scale = 1.0
+                elif getattr(m.input_quantizer, "kind", None) != "identity":
+                    scale = None
+                if scale is not None and pm1_valued(m.weight_quantizer):
+                    power_of_two = significand_bits(scale) == 1
+                    if power_of_two or _exact_sums(scale, m.in_features):
+                        found.append((f"{seq_name}.{name}" if seq_name else name, None if power_of_two else scale))
                 scale = None
             elif pm1_valued(m):
                 scale = 1.0
             elif isinstance(m, nn.Dropout) and scale is not None:
-                scale = scale if m.p == 0 else dropout_scale(m) if scale == 1.0 else None
+                if m.p > 0:  # an active dropout multiplies by its factor; a second one is not tracked
+                    scale = dropout_scale(m) if scale == 1.0 else None
             elif not isinstance(m, nn.Flatten):
                 scale = None
     return found
@@ -128,11 +132,10 @@ def configure(model: nn.Module, requested: str, device: torch.device, hardware=b
     used, why = resolve(requested, device, hardware)
     found = _qualifying(model)
     layers = [name for name, _ in found]
-    for name, scale in found:
+    for name, divide_out in found:
         layer = model.get_submodule(name)
         layer.matmul_dtype = torch.bfloat16 if used == "bf16" else None
-        # a power of two keeps the bf16 chunk sums exact as they are; another factor is divided out
-        layer.matmul_input_scale = None if significand_bits(scale) == 1 else scale
+        layer.matmul_input_scale = divide_out
     return {"requested": requested, "used": used, "reason": why,
             "bf16_layers": layers if used == "bf16" else []}
 
