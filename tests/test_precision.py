@@ -39,7 +39,7 @@ def test_the_exact_matmul_holds_where_a_bf16_output_rounds(k):
     x, w = torch.ones(3, k), torch.ones(5, k)
     w[1] = -1
     x[2, ::2] = -1
-    out = precision._exact_pm1_matmul(x, w)
+    out = precision.exact_pm1_matmul(x, w)
     assert torch.equal(out, x @ w.t()) and out[0, 0] == k and out[0, 1] == -k
     # a plain bf16 matmul rounds a sum of k > 256 to 8 significant bits
     assert torch.mm(x.bfloat16(), w.bfloat16().t())[0, 0].item() != k
@@ -48,7 +48,7 @@ def test_the_exact_matmul_holds_where_a_bf16_output_rounds(k):
 def test_bf16_backward_rounds_only_the_gradient():
     x, w = _pm1(16, 600, seed=0).requires_grad_(), _pm1(40, 600, seed=1).requires_grad_()
     grad = torch.randn(16, 40)
-    precision.Bf16PlusMinusOneLinear.apply(x, w).backward(grad)
+    precision.PlusMinusOneLinear.apply(x, w).backward(grad)
     want_x, want_w = grad @ w.detach(), grad.t() @ x.detach()
     # grad in bf16 (8 bits): relative error about 2^-9 per term
     torch.testing.assert_close(x.grad, want_x, rtol=0.02, atol=0.05)
@@ -64,9 +64,9 @@ def test_only_pm1_by_pm1_linear_layers_qualify(dropout, qualify):
     # not the first layer (its input is real-valued); a dropout scaling by 1/0.7 or 1/0.9 (23 and 22
     # significant bits) makes fp32's own sums round, so there is nothing exact to match
     assert precision.qualifying_layers(bnn) == (linears[1:] if qualify else [])
-    # the factor a layer divides out: a dropout's 1.25, none for a sign-fed layer or a power of two
+    # the factor a layer divides out: an active dropout's (1.25, 2, 4), none for a sign-fed layer
     precision.configure(bnn, "bf16", CPU)
-    want = 1.25 if dropout == 0.2 else None
+    want = 1.0 / (1.0 - dropout) if dropout > 0 else None
     assert [bnn.get_submodule(n).matmul_input_scale for n in precision.qualifying_layers(bnn)] == \
         ([want] * (len(linears) - 1) if qualify else [])
 
@@ -82,7 +82,7 @@ def test_a_scaled_input_matmul_is_exact_and_its_gradients_close(k):
     x = (_pm1(16, k, seed=2) * (torch.rand(16, k, generator=g) > 0.2) * 1.25).requires_grad_()
     w = _pm1(40, k, seed=3).requires_grad_()
     grad = torch.randn(16, 40, generator=g)
-    out = precision.Bf16PlusMinusOneLinear.apply(x, w, 1.25)
+    out = precision.PlusMinusOneLinear.apply(x, w, None, 1.25)
     assert torch.equal(out, x.detach() @ w.detach().t())
     out.backward(grad)
     torch.testing.assert_close(x.grad, grad @ w.detach(), rtol=0.02, atol=0.05)
@@ -147,3 +147,55 @@ def test_a_run_records_its_precision_and_learns_in_bf16(mnist_root, runs_dir):
         errors[p] = summary["test_error"]
     # same seed, same data order: only the gradients' bf16 rounding differs
     assert abs(errors["bf16"] - errors["fp32"]) < 5.0, errors
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_fused_sign_operands_and_widening_equal_torchs_conversions(threads):
+    from bnnrepro.quant import sign_pm1
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        edges = torch.tensor([float("nan"), 0.0, -0.0, 1e-45, -1e-45, 1.0, -1.0, 1.5, float("inf"), float("-inf")])
+        latent = torch.cat([edges, torch.randn(3000)]).reshape(10, 301)
+        w8, wb, inside = precision.sign_operands(latent, 1.0)
+        want = sign_pm1(latent)
+        assert w8.dtype == torch.int8 and torch.equal(w8.float(), want)
+        assert wb.dtype == torch.bfloat16 and torch.equal(wb.float(), want) and not inside
+        assert precision.sign_operands(latent.clamp(-1, 1).nan_to_num(0.0), 1.0)[2]
+        g = torch.cat([edges, torch.randn(3000) * 1e-3, torch.tensor([1e-40, -1e-39])]).bfloat16()
+        assert torch.equal(precision.widen_to_float(g).view(torch.int32), g.float().view(torch.int32))
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+@pytest.mark.parametrize("latent", ["inside", "outside"])
+def test_a_layer_binarizing_inside_its_matmul_has_the_gradients_of_the_unfused_one(latent, dropout):
+    """The fused node (sign of the latent inside the matmul) against the same matmul fed by the
+    weight quantizer: outputs and both gradients bit for bit, the STE mask applied where needed."""
+    torch.manual_seed(0)
+    layer = QuantLinear(700, 50, input_quantizer="sign", weight_quantizer="sign")
+    if latent == "outside":
+        with torch.no_grad():
+            layer.weight[::4] *= 3
+    layer.matmul_dtype = torch.bfloat16
+    scale = 1.0 / (1.0 - dropout) if dropout else None
+    x = torch.randn(30, 700).sign() * (torch.rand(30, 700) > dropout) * (scale or 1.0)
+    g = torch.randn(30, 50)
+    results = []
+    for fused in (True, False):
+        xi = x.clone().requires_grad_()
+        layer.weight.grad = None
+        if fused:
+            out = precision.PlusMinusOneLinear.apply(xi, layer.weight, 1.0, scale)
+        else:
+            out = precision.PlusMinusOneLinear.apply(xi, layer.weight_quantizer(layer.weight), None, scale)
+        out.backward(g)
+        results.append((out.detach(), xi.grad, layer.weight.grad.clone()))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    assert torch.equal(results[0][0], x @ torch.where(layer.weight.detach() >= 0, 1.0, -1.0).t())
+    cancelled = layer.weight.detach().abs() > 1
+    assert bool(cancelled.any()) == (latent == "outside") and not results[0][2][cancelled].any()
+    assert precision.fuses_sign(layer.weight_quantizer)

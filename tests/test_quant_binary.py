@@ -105,3 +105,41 @@ def test_sign_of_nan_is_minus_one_as_the_packed_bits():
     assert torch.equal(sign_pm1(x), want)
     stochastic = SteSign.apply(x, 1.0, True, torch.Generator().manual_seed(0))
     assert stochastic[0] == -1.0 and stochastic[5] == 1.0 and stochastic[6] == -1.0
+
+
+_EDGES = [float("nan"), 0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 1.0, -1.0, 1.0000001, -1.0000001, 3.0, -3.0,
+          float("inf"), float("-inf")]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_one_pass_sign_equals_sign_pm1_and_knows_when_nothing_is_cancelled(threads):
+    from bnnrepro.quant import sign_pm1
+    from bnnrepro.quant.ste import sign_pm1_counting
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        x = torch.cat([torch.tensor(_EDGES), torch.randn(1000)])
+        out, inside = sign_pm1_counting(x, 1.0)
+        assert torch.equal(out, sign_pm1(x)) and not inside
+        for v in (-1.0, 1.0, 0.0, -0.0, 0.999):
+            assert sign_pm1_counting(torch.tensor([v, 0.5]), 1.0)[1]
+        for v in (1.0000001, float("nan"), float("-inf")):
+            assert not sign_pm1_counting(torch.tensor([v, 0.5]), 1.0)[1]
+        assert not sign_pm1_counting(torch.zeros(3), None)[1]  # no window: nothing to skip
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("latent", ["inside", "outside"])
+def test_the_sign_gradient_is_the_masked_one_whether_or_not_the_mask_is_skipped(latent):
+    from bnnrepro.quant.ste import SteSign
+
+    torch.manual_seed(0)
+    w = torch.rand(64, 33) * 2 - 1
+    if latent == "outside":
+        w[::3] *= 1.7
+    w.requires_grad_()
+    g = torch.randn(64, 33)
+    SteSign.apply(w, 1.0, False, None).backward(g)
+    assert torch.equal(w.grad, g * (w.detach().abs() <= 1))

@@ -91,7 +91,7 @@ class QuantLinear(nn.Linear, QuantLayer):
     ``init`` is :meth:`QuantLayer.reset_latent`'s. No bias by default (BN follows, as in the papers).
     """
 
-    matmul_dtype = None  # torch.bfloat16: set by nn.precision.configure on +-1 x +-1 layers
+    matmul_dtype = None  # torch.bfloat16: set by nn.precision.configure on +-1 x +-1 layers (int8 forward on CPU)
     # with matmul_dtype: the factor of a training-mode dropout before this layer (its input is then
     # {0, +-factor}, not +-1); a dropout is active exactly when the model, and so this layer, trains
     matmul_input_scale = None
@@ -103,8 +103,8 @@ class QuantLinear(nn.Linear, QuantLayer):
 
     def forward(self, x):
         """``grad_quantizer(input_quantizer(x) @ quantized_weight().T + bias)``."""
-        return self.grad_quantizer(precision.linear(self.input_quantizer(x), self.quantized_weight(), self.bias,
-                                                    self.matmul_dtype,
+        return self.grad_quantizer(precision.linear(self.input_quantizer(x), self.weight, self.weight_quantizer,
+                                                    self.bias, self.matmul_dtype,
                                                     self.matmul_input_scale if self.training else None))
 
 

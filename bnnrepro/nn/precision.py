@@ -1,35 +1,49 @@
-"""``train.precision``: bf16 matmuls for the layers whose operands are exactly +-1, fp32 elsewhere.
+"""``train.precision``: low-precision matmuls for the layers whose operands are exactly +-1, fp32
+elsewhere.
 
-+-1 is exact in bf16 and so is every product; a dot product of K such terms is an integer, exact in
-an fp32 sum up to 2**24. A bf16 matmul whose output is bf16, though, rounds that integer to 8
-significant bits, so the forward here sums chunks of at most 256 terms (integers up to 256 are
-exact in bf16) in bf16 and adds the chunks in fp32, or asks for an fp32 output where the backend
-has one (CUDA: one matmul with an fp32 output). The forward output is then bit-identical to fp32's
-(without a bias: F.linear's addmm may add a bias in another order). The backward's matmuls take the
++-1 is exact in int8 and bf16 and so is every product; a dot product of K such terms is an integer,
+exact in an int32 or fp32 sum up to 2**24. So the forward of such a layer runs as an int8 GEMM with
+int32 sums on CPU (``torch._int_mm``: VNNI where the CPU has it, about 2x a bf16 GEMM's speed on Zen
+4 and exact, where a bf16 GEMM's bf16 output would round the sum to 8 significant bits) and as a
+bf16 GEMM with an fp32 output on CUDA: the forward output is bit-identical to fp32's (without a
+bias: F.linear's addmm may add a bias in another order). The backward's matmuls take the
 real-valued output gradient in bf16 and round there, as mixed precision does.
 
-A linear layer qualifies when its weight quantizer produces exactly +-1 and its input is exactly +-1:
-its own input quantizer is a sign, or, in an ``nn.Sequential``, the module before it is a sign
-(a dropout between them is allowed when it scales by a power of two, 1/(1-p) = 2 at BNN's p = 0.5:
-inputs in {0, +-2} keep every chunk's sum exact; or by a c = 1/(1-p) with a short significand,
-1.25 at p = 0.2, where fp32's own sums of +-c are exact: the layer then divides its input by c,
-{0, +-c} -> {0, +-1} exactly, and multiplies the exact integer result by c, one exact product).
-So BNN's hidden and output layers qualify, and its first layer (real-valued input) does not; conv
-layers and DoReFa/QNN k-bit levels stay fp32 (their sums would need smaller chunks to stay exact).
+A layer whose weight quantizer is the deterministic sign binarizes its latent weight inside its own
+autograd node, one Numba pass writing the int8 operand and the bf16 one for the backward; the pass
+also finds whether every latent is inside the straight-through window [-clip, clip], as BNN's
+latent clipping keeps them, and the backward then passes the weight gradient as it is, instead of
+masking it.
 
-``auto`` takes bf16 only where the hardware multiplies bf16 matrices natively (AMX or AVX512-BF16 on
-CPU, compute capability 8.0+ on CUDA): elsewhere bf16 is emulated and slower than fp32.
+A linear layer qualifies when its weight quantizer produces exactly +-1 and its input is exactly +-1:
+its own input quantizer is a sign, or, in an ``nn.Sequential``, the module before it is a sign; a
+dropout between them is allowed when its factor c = 1/(1-p) is a bf16 number and fp32's own sums
+of +-c are exact (c a power of two, 2 at BNN's p = 0.5, or with a short significand, 1.25 at
+p = 0.2): the layer then divides its input by c, {0, +-c} -> {0, +-1} exactly, multiplies the exact
+integer result by c, one exact product, and keeps the input {0, +-c}, exact in bf16, for the
+backward.
+So BNN's hidden and output layers qualify, and its first layer (real-valued input) does not; conv
+layers and DoReFa/QNN k-bit levels stay fp32.
+
+``auto`` takes the low-precision path only where the hardware multiplies bf16 matrices natively (AMX
+or AVX512-BF16 on CPU, compute capability 8.0+ on CUDA): elsewhere bf16 is emulated and slower than
+fp32.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..quant.ste import sign_pm1, window_grad
+
 PRECISIONS = ("auto", "fp32", "bf16")
-EXACT_CHUNK = 256  # |sum of <= 256 terms of +-1| <= 256: an integer bf16 holds exactly
+BF16_SIGNIFICAND = 8  # bits, the implicit one included
+MIN_INT8_K = 8  # below: the exact matmul in fp32 (see exact_pm1_matmul)
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
@@ -63,8 +77,8 @@ def _exact_sums(scale: float, k: int) -> bool:
 
 def _qualifying(model: nn.Module) -> list[tuple[str, float | None]]:
     """(name, factor to divide out) of each linear layer whose matmul operands are exactly +-1, the
-    input times 1, a power of two (chunk sums stay exact as they are: None) or the factor of a
-    dropout between the sign and the layer (see the module docstring)."""
+    input times 1 (None) or times the factor of a dropout between the sign and the layer (see the
+    module docstring)."""
     found = []
     for seq_name, seq in model.named_modules():
         if not isinstance(seq, nn.Sequential):
@@ -77,9 +91,8 @@ def _qualifying(model: nn.Module) -> list[tuple[str, float | None]]:
                 elif getattr(m.input_quantizer, "kind", None) != "identity":
                     scale = None
                 if scale is not None and pm1_valued(m.weight_quantizer):
-                    power_of_two = significand_bits(scale) == 1
-                    if power_of_two or _exact_sums(scale, m.in_features):
-                        found.append((f"{seq_name}.{name}" if seq_name else name, None if power_of_two else scale))
+                    if significand_bits(scale) <= BF16_SIGNIFICAND and _exact_sums(scale, m.in_features):
+                        found.append((f"{seq_name}.{name}" if seq_name else name, None if scale == 1.0 else scale))
                 scale = None
             elif pm1_valued(m):
                 scale = 1.0
@@ -140,50 +153,126 @@ def configure(model: nn.Module, requested: str, device: torch.device, hardware=b
             "bf16_layers": layers if used == "bf16" else []}
 
 
-def _exact_pm1_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """``x @ w.T`` for +-1 operands with bf16 inputs and an exact fp32 result."""
-    return _exact_bf16_matmul(x.to(torch.bfloat16), w.to(torch.bfloat16))
+_KERNELS: dict[bool, object] = {}
 
 
-def _exact_bf16_matmul(xb: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    if xb.is_cuda:
-        return torch.mm(xb, wb.t(), out_dtype=torch.float32)
-    k = xb.shape[1]
-    out = None
-    for start in range(0, k, EXACT_CHUNK):
-        part = torch.mm(xb[:, start:start + EXACT_CHUNK], wb[:, start:start + EXACT_CHUNK].t()).float()
-        out = part if out is None else out.add_(part)
+def _kernels(parallel: bool):
+    """The Numba loops of the fused +-1 layer (compiled on first use, cached on disk); ``parallel``
+    False where torch runs on one thread (see optim.shift_adamax)."""
+    if parallel not in _KERNELS:
+        import numba
+
+        @numba.njit(parallel=parallel, cache=True, boundscheck=False)
+        def sign_operands(latent, out_int8, out_bf16_bits, lo, hi):
+            # sign(latent) (sign(0) = +1, NaN -1, as quant.sign_pm1) as int8 and as bf16 bits
+            # (0x3F80 = +1.0, 0xBF80 = -1.0); the count of latents outside [lo, hi]
+            outside = 0
+            for i in numba.prange(latent.size):
+                v = latent[i]
+                positive = v >= 0
+                out_int8[i] = 1 if positive else -1
+                out_bf16_bits[i] = 16256 if positive else -16512
+                outside += 0 if lo <= v <= hi else 1
+            return outside
+
+        @numba.njit(parallel=parallel, cache=True, boundscheck=False)
+        def widen(bf16_bits, out_float32_bits):
+            # a bf16 is the top half of the float32 of the same value
+            for i in numba.prange(bf16_bits.size):
+                out_float32_bits[i] = np.int32(bf16_bits[i]) << 16
+
+        _KERNELS[parallel] = (sign_operands, widen)
+    return _KERNELS[parallel]
+
+
+def _flat_numpy(t: torch.Tensor) -> np.ndarray:
+    """The contiguous CPU tensor's memory as a flat numpy array (bf16 as its int16 bits)."""
+    t = t.detach()
+    return (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).view(-1).numpy()
+
+
+def _fusable(latent: torch.Tensor) -> bool:
+    return latent.device.type == "cpu" and latent.dtype == torch.float32 and latent.is_contiguous()
+
+
+def sign_operands(latent: torch.Tensor, clip: float | None) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(sign(latent) as the forward's operand, the same as a bf16 tensor, whether every latent is
+    within [-clip, clip]): one pass over the latent on CPU (int8 operand), torch ops elsewhere
+    (bf16 operand, and False)."""
+    if not _fusable(latent):
+        w = sign_pm1(latent.detach()).to(torch.bfloat16)
+        return w, w, False
+    w8 = torch.empty(latent.shape, dtype=torch.int8)
+    wb = torch.empty(latent.shape, dtype=torch.bfloat16)
+    lo, hi = (math.inf, -math.inf) if clip is None else (-clip, clip)
+    outside = _kernels(torch.get_num_threads() > 1)[0](_flat_numpy(latent), _flat_numpy(w8), _flat_numpy(wb), lo, hi)
+    return w8, wb, outside == 0
+
+
+def widen_to_float(grad_bf16: torch.Tensor) -> torch.Tensor:
+    """``grad_bf16.float()``, one pass on CPU (torch's conversion is about 2x slower there)."""
+    if grad_bf16.device.type != "cpu" or not grad_bf16.is_contiguous():
+        return grad_bf16.float()
+    out = torch.empty(grad_bf16.shape, dtype=torch.float32)
+    _kernels(torch.get_num_threads() > 1)[1](_flat_numpy(grad_bf16), out.view(torch.int32).view(-1).numpy())
     return out
 
 
-class Bf16PlusMinusOneLinear(torch.autograd.Function):
-    """``F.linear(x, w)`` for +-1 ``w`` and ``x`` in {0, +-scale} (2-D ``x``; ``scale`` None: 1):
-    forward exact (bit-identical to fp32), backward matmuls in bf16 (the output gradient rounds)."""
+def exact_pm1_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """``x @ w.T`` as float32 for operands with values in {0, +-1}, exact: an int8 GEMM with int32
+    sums on CPU (``w`` int8 or any dtype, converted), a bf16 GEMM with an fp32 output on CUDA."""
+    if x.is_cuda:
+        return torch.mm(x.to(torch.bfloat16), w.to(torch.bfloat16).t(), out_dtype=torch.float32)
+    if x.shape[1] < MIN_INT8_K:  # torch 2.13's CPU _int_mm returns garbage for K = 1; fp32 is exact too
+        return torch.mm(x.float(), w.float().t())
+    return torch._int_mm(x.to(torch.int8), w.to(torch.int8).t()).float()
+
+
+class PlusMinusOneLinear(torch.autograd.Function):
+    """``F.linear(x, sign(latent))`` for ``x`` in {0, +-scale} (2-D; ``scale`` None: 1) and a
+    deterministic sign with the straight-through gradient cancelled where |latent| > clip (None:
+    nowhere), as one node: the forward exact (bit-identical to fp32), the backward's matmuls in
+    bf16 (the output gradient rounds). ``latent`` may also be the +-1 weight itself (``clip`` None)."""
 
     @staticmethod
-    def forward(ctx, x, w, scale=None):
-        xb, wb = (x if scale is None else x / scale).to(torch.bfloat16), w.to(torch.bfloat16)
-        ctx.save_for_backward(xb, wb)  # the backward's operands, converted once (and half the memory)
-        ctx.scale = scale
-        out = _exact_bf16_matmul(xb, wb)
+    def forward(ctx, x, latent, clip=None, scale=None):
+        w, wb, inside = sign_operands(latent, clip)
+        xs = x if scale is None else x / scale
+        out = exact_pm1_matmul(xs, w)
+        # x itself in bf16 (exact: {0, +-scale}, scale a bf16 number), so the weight gradient needs
+        # no factor
+        ctx.save_for_backward(x.to(torch.bfloat16), wb, latent)
+        ctx.clip, ctx.inside = clip, inside
         return out if scale is None else out.mul_(scale)
 
     @staticmethod
     def backward(ctx, grad):
-        xb, wb = ctx.saved_tensors
+        xb, wb, latent = ctx.saved_tensors
         gb = grad.to(torch.bfloat16)
         grad_x = (gb @ wb).float() if ctx.needs_input_grad[0] else None
-        grad_w = (gb.t() @ xb).float() if ctx.needs_input_grad[1] else None
-        if grad_w is not None and ctx.scale is not None:
-            grad_w.mul_(ctx.scale)
-        return grad_x, grad_w, None
+        grad_w = None
+        if ctx.needs_input_grad[1]:
+            grad_w = widen_to_float(gb.t() @ xb)
+            if ctx.clip is not None and not ctx.inside:  # a clipped latent is always inside
+                grad_w = window_grad(grad_w, latent, -ctx.clip, ctx.clip)
+        return grad_x, grad_w, None, None
 
 
-def linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, dtype,
+def fuses_sign(weight_quantizer: nn.Module) -> bool:
+    """The weight quantizer takes the deterministic sign now (BNN's ``sign``; a stochastic sign in
+    eval), so the layer can binarize its latent inside its own matmul."""
+    return getattr(weight_quantizer, "kind", None) == "sign" and not weight_quantizer.sampling()
+
+
+def linear(x: torch.Tensor, latent: torch.Tensor, weight_quantizer: nn.Module, bias: torch.Tensor | None, dtype,
            input_scale: float | None = None) -> torch.Tensor:
-    """The layer's matmul at its precision (``dtype`` None: fp32 as usual); ``input_scale``: the
-    input is in {0, +-input_scale} (a training-mode dropout's output), not +-1."""
+    """The layer's ``F.linear(x, weight_quantizer(latent), bias)`` at its precision (``dtype`` None:
+    fp32 as usual); ``input_scale``: the input is in {0, +-input_scale} (a training-mode dropout's
+    output), not +-1."""
     if dtype is None or x.dim() != 2:
-        return F.linear(x, w, bias)
-    out = Bf16PlusMinusOneLinear.apply(x, w, input_scale)
+        return F.linear(x, weight_quantizer(latent), bias)
+    if fuses_sign(weight_quantizer):
+        out = PlusMinusOneLinear.apply(x, latent, weight_quantizer.clip, input_scale)
+    else:
+        out = PlusMinusOneLinear.apply(x, weight_quantizer(latent), None, input_scale)
     return out if bias is None else out + bias  # the sum is exact; adding the bias rounds once

@@ -51,6 +51,10 @@ class Sign(Quantizer):
         super().__init__()
         self.clip = clip
 
+    def sampling(self) -> bool:
+        """Whether forward samples now (never: the sign is deterministic)."""
+        return False
+
     def forward(self, x):
         return SteSign.apply(x, self.clip, False, None)
 
@@ -73,6 +77,9 @@ class StochasticSign(Quantizer):
         self.eval_stochastic = eval_stochastic
         self.generator: torch.Generator | None = None
 
+    def sampling(self) -> bool:
+        """Whether forward samples now (training, or ``eval_stochastic``) rather than take the sign."""
+        return self.training or self.eval_stochastic
+
     def forward(self, x):
-        stochastic = self.training or self.eval_stochastic
-        return SteSign.apply(x, self.clip, stochastic, self.generator)
+        return SteSign.apply(x, self.clip, self.sampling(), self.generator)
