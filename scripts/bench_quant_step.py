@@ -52,7 +52,7 @@ def build_step(cfg, x, y):
     model.train()
     loss_fn = build_loss(cfg.train.loss)
     optimizer = build_optimizer(model, cfg.optim)
-    clip = LatentWeightClipper(model, cfg.optim.clip_latent)
+    clip = LatentWeightClipper(model, cfg.optim.clip_latent, optimizer)
 
     def step():
         loss = loss_fn(model(x), y)

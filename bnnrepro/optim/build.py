@@ -115,11 +115,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg, epochs: int, protocol
 
 
 class LatentWeightClipper:
-    """After each step, clip latent weights of layers whose weight quantizer asks for it to [-1, 1]."""
+    """After each step, clip latent weights of layers whose weight quantizer asks for it to [-1, 1].
+    An ``optimizer`` that can clip inside its own step (``fold_latent_clip``: shift-AdaMax) is
+    handed the weights it holds, and this clips only the rest."""
 
-    def __init__(self, model: nn.Module, enabled: bool = True):
+    def __init__(self, model: nn.Module, enabled: bool = True, optimizer: torch.optim.Optimizer | None = None):
         self.weights = [m.weight for m in model.modules()
                         if isinstance(m, QuantLayer) and m.clips_latent_weights] if enabled else []
+        if self.weights and hasattr(optimizer, "fold_latent_clip"):
+            folded = {id(w) for w in optimizer.fold_latent_clip(self.weights)}
+            self.weights = [w for w in self.weights if id(w) not in folded]
 
     @torch.no_grad()
     def __call__(self) -> None:

@@ -12,11 +12,11 @@ Torch7's adamax. BNN's Glorot scale comes from the param groups (``optim.param_g
 ``lr`` is the base LR times its ``lr_scale``): the step is AP2(base lr / bc) * lr_scale, as Torch7
 rounds the step and then multiplies by its Glorot-LR vector (unrounded on MNIST, ``lr_scale=glorot``;
 rounded to a power of two for conv and CIFAR FC layers, ``glorot_pow2``, where the product is a
-power of two again). A group without ``lr_scale`` has scale 1. Latent-weight clipping is left to
-``LatentWeightClipper``.
+power of two again). A group without ``lr_scale`` has scale 1. Latent-weight clipping is
+``LatentWeightClipper``'s, which hands it to the step (:meth:`ShiftAdaMax.fold_latent_clip`).
 
-``fused=True`` runs the whole update of a float32 CPU parameter as one Numba loop (read p, g, m,
-u once, write p, m, u once) instead of about ten tensor passes; ``fused=False`` is the tensor
+``fused=True`` runs the whole update of a float32 CPU parameter, the latent clip included, as one
+Numba loop (read p, g, m, u once, write p, m, u once) instead of about ten tensor passes; ``fused=False`` is the tensor
 reference, bit for bit the same result (tests/test_shift.py): the products are rounded one by one
 (no fused multiply-add), and the step and AP2(u) are powers of two, so the division and the
 multiplication by the step are exact in either order.
@@ -56,7 +56,7 @@ def _fused_kernel(parallel: bool = True):
 
         # error_model="numpy": a NaN u divides by 0.0 (see below) without raising
         @numba.njit(parallel=parallel, cache=True, error_model="numpy")
-        def step(p, g, m, u, u_bits, powers, carry, beta1, one_minus_beta1, beta2, eps, minus_step_size):
+        def step(p, g, m, u, powers, carry, beta1, one_minus_beta1, beta2, eps, minus_step_size, lo, hi):
             for i in numba.prange(p.size):
                 gi = g[i]
                 mi = m[i] * beta1 + gi * one_minus_beta1
@@ -64,9 +64,13 @@ def _fused_kernel(parallel: bool = True):
                 m[i] = mi
                 u[i] = ui
                 # u >= 0: AP2(u)'s exponent bits; inf stays inf; a NaN u picks 0, but its m is NaN
-                # too, so p turns NaN as in the reference
-                ap2_u = powers[((u_bits[i] + carry) >> 23) & 255]
-                p[i] = p[i] + minus_step_size * mi / ap2_u
+                # too, so p turns NaN as in the reference. The bits of the local ui, not of u[i]
+                # through an int32 view of u: the parallel loop may read that view before the store
+                ap2_u = powers[((np.float32(ui).view(np.int32) + carry) >> 23) & 255]
+                q = p[i] + minus_step_size * mi / ap2_u
+                # the folded latent clip, as clamp_(lo, hi): NaN stays NaN (no clip: infinite bounds);
+                q = hi if q > hi else q
+                p[i] = lo if q < lo else q
 
         _KERNELS[parallel] = step
     return _KERNELS[parallel]
@@ -98,6 +102,16 @@ class ShiftAdaMax(torch.optim.Optimizer):
         if not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"ShiftAdaMax betas={betas} must be in [0, 1)")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, fused=fused))
+        self._clipped: set[int] = set()
+
+    def fold_latent_clip(self, weights) -> list[torch.Tensor]:
+        """Clip these of its parameters to [-1, 1] inside each step, right after their update (the
+        fused loop then writes each latent once instead of twice; the same values as a clamp_ after
+        the step). Returns the weights it took; :class:`LatentWeightClipper` clips the rest."""
+        own = {id(p) for group in self.param_groups for p in group["params"]}
+        taken = [w for w in weights if id(w) in own]
+        self._clipped.update(id(w) for w in taken)
+        return taken
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -120,16 +134,18 @@ class ShiftAdaMax(torch.optim.Optimizer):
                 # Torch7 rounds the bias-corrected step, then multiplies by the Glorot LR vector
                 scale = group.get("lr_scale", 1.0)
                 step_size = _pow2(group["lr"] / scale / (1 - beta1 ** state["step"])) * scale
+                lo, hi = (-1.0, 1.0) if id(p) in self._clipped else (-math.inf, math.inf)
                 if group.get("fused", False) and _fusable(p):  # a checkpoint from before the knob: no key
                     f32 = np.float32
-                    u_flat = u.view(-1).numpy()
                     kernel = _fused_kernel(parallel=torch.get_num_threads() > 1)
                     kernel(p.detach().view(-1).numpy(), p.grad.contiguous().view(-1).numpy(), m.view(-1).numpy(),
-                           u_flat, u_flat.view(np.int32), *_TABLE, f32(beta1), f32(1 - beta1), f32(beta2),
-                           f32(group["eps"]), f32(-step_size))
+                           u.view(-1).numpy(), *_TABLE, f32(beta1), f32(1 - beta1), f32(beta2),
+                           f32(group["eps"]), f32(-step_size), f32(lo), f32(hi))
                     continue
                 # the products rounded one by one, as the fused loop computes them
                 m.mul_(beta1).add_(p.grad * (1 - beta1))
                 torch.maximum(u * beta2, p.grad.abs() + group["eps"], out=u)
                 p.addcdiv_(m, ap2(u), value=-step_size)
+                if id(p) in self._clipped:
+                    p.clamp_(lo, hi)
         return loss

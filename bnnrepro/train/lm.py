@@ -167,7 +167,7 @@ def train_lm(prep: Prepared, ctx: distributed.Context) -> Path:
         init = init_weights(model, cfg.train.init_from)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg), protocol_epochs=int(cfg.train.epochs))
-    clip_latent = LatentWeightClipper(model, cfg.optim.clip_latent)
+    clip_latent = LatentWeightClipper(model, cfg.optim.clip_latent, optimizer)
 
     start_epoch, wall_before = 0, 0.0
     best = {"val_perplexity": math.inf, "test_perplexity": None, "val_error": None, "test_error": None, "epoch": 0}

@@ -301,7 +301,7 @@ def _train(prep: Prepared, ctx: distributed.Context) -> Path:
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, schedule_epochs(cfg),
                                 protocol_epochs=int(cfg.train.epochs))
-    clip = LatentWeightClipper(model, cfg.optim.clip_latent)
+    clip = LatentWeightClipper(model, cfg.optim.clip_latent, optimizer)
     eval_bs, batch_stats = eval_batching(cfg)
     train_model = ctx.ddp(model, device)
     if cfg.train.compile:

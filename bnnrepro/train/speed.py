@@ -86,7 +86,7 @@ class Stepper:
         self.model = build_model(cfg, shape, NUM_CLASSES).to(device)
         self.precision = matmul_precision.configure(self.model, cfg.train.precision, device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.clip = LatentWeightClipper(self.model, cfg.optim.clip_latent)
+        self.clip = LatentWeightClipper(self.model, cfg.optim.clip_latent, self.optimizer)
         self.loss_fn = build_loss(cfg.train.loss)
         g = torch.Generator().manual_seed(0)
         b = int(cfg.train.batch_size)
