@@ -143,3 +143,21 @@ def test_the_sign_gradient_is_the_masked_one_whether_or_not_the_mask_is_skipped(
     g = torch.randn(64, 33)
     SteSign.apply(w, 1.0, False, None).backward(g)
     assert torch.equal(w.grad, g * (w.detach().abs() <= 1))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_one_pass_stochastic_sign_equals_the_torch_formula(threads):
+    from bnnrepro.quant.ste import hard_sigmoid, stochastic_sign
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        x = torch.cat([torch.tensor(_EDGES + [1e-9, -1e-9, -0.9999999, 0.9999999]), torch.randn(5000, generator=g)])
+        u = torch.rand(x.shape, generator=g)
+        u[:40] = hard_sigmoid(x[:40]).clamp(0, 0.99999994)  # ties u == p: -1, as u < p is false
+        want = hard_sigmoid(x).sub_(u).sign_().sub_(0.5).sign_()
+        assert torch.equal(stochastic_sign(x, u), want)
+        assert torch.equal(stochastic_sign(x[::2], u[::2]), want[::2])  # strided: the torch formula
+    finally:
+        torch.set_num_threads(before)
