@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..nn import QuantConv2d, QuantLinear
+from ..nn import Dropout, QuantConv2d, QuantLinear
 from .common import dense_block, layer_quant, norm_layer, scaled, scheme
 
 
@@ -25,7 +25,7 @@ def bnn_convnet(*, input_shape, num_classes, quant=None, channels=(128, 128, 256
     c_in, h, w = input_shape
     layers: list[nn.Module] = []
     if dropout_in > 0:
-        layers.append(nn.Dropout(dropout_in))
+        layers.append(Dropout(dropout_in))
     n_weight = len(channels) + len(fc) + 1
     for i, c in enumerate(channels):
         c_out = scaled(c, width_mult)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
+from ..nn.dropout import Dropout
 from ..quant import LayerQuant, QuantScheme
 
 
@@ -44,7 +45,7 @@ def dense_block(linear: nn.Module, quant: QuantScheme, i: int, n: int, *, bn_eps
     if i < n - 1:
         block.append(activation_after(quant, i, n))
         if dropout_hidden > 0:
-            block.append(nn.Dropout(dropout_hidden))
+            block.append(Dropout(dropout_hidden))
     return block
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch.nn as nn
 
-from ..nn import QuantConv2d, QuantLinear
+from ..nn import Dropout, QuantConv2d, QuantLinear
 from .common import norm_layer, scaled, scheme
 
 # the scheme the DoReFa models build with when given none: conf/quant/dorefa.yaml's, (W, A, G) = (1, 2, 4)
@@ -60,7 +60,7 @@ def dorefa_svhn(*, input_shape, num_classes, quant=None, variant="A", width_mult
                        nn.MaxPool2d(2, ceil_mode=True), quant.activation.build()]
         else:
             if i == len(LAYERS) - 1 and dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(Dropout(dropout))
             layers += [QuantConv2d(c_in, c_out, k, padding=pad, weight_quantizer=quant.weight, init=init,
                                    grad_quantizer=quant.gradient),
                        norm_layer(2, c_out, bn_eps, bn_momentum, batchnorm)]

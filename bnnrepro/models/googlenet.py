@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
-from ..nn import QuantConv2d, QuantLinear
+from ..nn import Dropout, QuantConv2d, QuantLinear
 from ..quant.scheme import LayerQuant, Spec
 from .common import norm_layer, scaled, scheme
 
@@ -129,7 +129,7 @@ def googlenet(*, input_shape, num_classes, quant=None, width_mult=1.0, dropout_h
                                      batchnorm))
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
     if dropout_hidden > 0:
-        layers.append(nn.Dropout(dropout_hidden))
+        layers.append(Dropout(dropout_hidden))
     layers.append(QuantLinear(c, num_classes, bias=True, init=init, weight_quantizer=quant.last_layer.weight))
     return nn.Sequential(*layers)
 
@@ -142,5 +142,5 @@ def _auxiliary(c_in, h, num_classes, unit, quant, width_mult, init, bn_eps, bn_m
     return AuxiliaryHead(nn.Sequential(
         pool, *unit(c_in, c, 1), nn.Flatten(),
         QuantLinear(c * side * side, fc, init=init, weight_quantizer=quant.weight, grad_quantizer=quant.gradient),
-        norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), quant.activation.build(), nn.Dropout(0.7),
+        norm_layer(1, fc, bn_eps, bn_momentum, batchnorm), quant.activation.build(), Dropout(0.7),
         QuantLinear(fc, num_classes, bias=True, init=init, weight_quantizer=quant.last_layer.weight)))

@@ -19,7 +19,7 @@ import math
 
 import torch.nn as nn
 
-from ..nn import QuantLinear
+from ..nn import Dropout, QuantLinear
 from .common import dense_block, layer_quant, scaled, scheme
 
 
@@ -30,7 +30,7 @@ def mlp(*, input_shape, num_classes, quant=None, hidden=(4096, 4096, 4096), widt
     widths = [math.prod(input_shape)] + [scaled(h, width_mult) for h in hidden] + [num_classes]
     layers: list[nn.Module] = [nn.Flatten()]
     if dropout_in > 0:
-        layers.append(nn.Dropout(dropout_in))
+        layers.append(Dropout(dropout_in))
     n = len(widths) - 1
     for i in range(n):
         q = layer_quant(quant, i, n)
