@@ -33,8 +33,9 @@ $(VENV)/.installed: pyproject.toml scripts/install_torch.sh
 	$(BIN)/pip install -e '.[test,slurm]'
 	touch $@
 
+# train.precision=auto: the +-1 layers' exact low-precision matmuls where the CPU has bf16 hardware
 demo: setup
-	$(BIN)/bnnrepro train +paper=bnn scale=$(SCALE)
+	$(BIN)/bnnrepro train +paper=bnn scale=$(SCALE) train.precision=auto
 
 smoke: setup
 	$(BIN)/bnnrepro train +paper=bnn scale=smoke

@@ -10,9 +10,11 @@ Two sources, the first that applies:
 2. else **a rough estimate from the model's size**: its MACs per example (one forward pass of a
    zero input, counted on the Linear and Conv2d layers) x (6 per training example, forward and
    backward, + 2 per validation and test example) per epoch, at :data:`CPU_FLOPS_PER_THREAD` per
-   torch thread (:data:`GPU_FLOPS` on a GPU). The CPU rate is the one the MNIST MLPs in
-   results/runs trained at on 2 AMD EPYC Zen 3 cores (2.5-3.4e10 FLOP/s); expect 2-3x either way
-   for other nets and machines.
+   torch thread (:data:`GPU_FLOPS` on a GPU). The CPU rate is the one BNN's MNIST MLPs train at
+   on 2 AMD EPYC Zen 4 cores with the fused binarization, int8 +-1 forward and seeded dropout
+   (about 1.1e11 FLOP/s at fp32 at quick scale, 1.7e11 for the Torch7 3x2048 MLP with
+   ``train.precision=bf16``); expect 2-3x either way for other nets (conv nets are slower) and
+   machines.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from .. import runs
 from ..config import effective_train_subset, effective_width_mult
 from ..runs.fingerprint import _same, as_trained, fingerprint
 
-CPU_FLOPS_PER_THREAD = 1.5e10
+CPU_FLOPS_PER_THREAD = 5e10
 GPU_FLOPS = 2e12  # small nets on a GPU are bound by kernel launches, far below the chip's peak
 SCALE_FIELDS = ("scale", "train.epochs")  # differ between the scales of one net and one dataset
 

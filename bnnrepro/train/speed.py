@@ -48,16 +48,17 @@ FLOAT_OVERRIDES = ("quant=float", "model.batchnorm=standard", "optim=adam", "tra
 
 # torch.profiler op names -> the closing note's categories (first match wins; the rest is "other")
 CATEGORIES = (
-    ("GEMM/conv", ("aten::mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::_convolution",
+    ("GEMM/conv", ("aten::mm", "aten::_int_mm", "aten::addmm", "aten::bmm", "aten::convolution", "aten::_convolution",
                    "aten::mkldnn_convolution", "aten::convolution_backward", "aten::matmul", "aten::linear")),
-    ("quantizers", ("SteSign", "aten::sign", "aten::hardtanh_backward", "aten::rand", "aten::uniform_",
+    # PlusMinusOneLinear's own time is its latent's binarization (its GEMMs are child ops)
+    ("quantizers", ("SteSign", "PlusMinusOneLinear", "aten::sign", "aten::hardtanh_backward", "aten::rand", "aten::uniform_",
                     "Ste", "aten::round", "aten::copysign")),
     ("BN and AP2's bit operations", ("aten::native_batch_norm", "aten::native_batch_norm_backward", "aten::batch_norm", "_ShiftBN",
             "aten::bitwise_", "aten::clamp_max_")),
     ("optimizer", ("Optimizer.step", "aten::_fused_adam", "aten::_fused_sgd", "aten::_foreach",
                    "Optimizer.zero_grad")),
     ("clamp_ (latent clip, hard-sigmoid)", ("aten::clamp_",)),
-    ("dropout", ("aten::bernoulli_", "aten::native_dropout", "aten::dropout")),
+    ("dropout", ("aten::bernoulli_", "aten::native_dropout", "aten::dropout", "_SeededDropout")),
 )
 
 
