@@ -199,3 +199,15 @@ def test_a_layer_binarizing_inside_its_matmul_has_the_gradients_of_the_unfused_o
     cancelled = layer.weight.detach().abs() > 1
     assert bool(cancelled.any()) == (latent == "outside") and not results[0][2][cancelled].any()
     assert precision.fuses_sign(layer.weight_quantizer)
+
+
+def test_a_layer_whose_weight_quantizer_no_longer_gives_pm1_computes_in_fp32():
+    from bnnrepro import quant
+
+    torch.manual_seed(0)
+    layer = QuantLinear(64, 8, input_quantizer="sign", weight_quantizer="sign")
+    precision.configure(torch.nn.Sequential(layer), "bf16", CPU)
+    assert layer.matmul_dtype == torch.bfloat16
+    layer.weight_quantizer = quant.build("identity")  # real-valued weights, as a distortion leaves them
+    x = torch.randn(5, 64)
+    assert torch.equal(layer(x), torch.nn.functional.linear(torch.where(x >= 0, 1.0, -1.0), layer.weight))

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from ..jit import keeping_torch_threads
+
 _KERNELS: dict[bool, tuple] = {}
 MASK_BITS = 24
 
@@ -42,7 +44,7 @@ def _kernels(parallel: bool):
                 z = z ^ (z >> s31)
                 out[i] = x[i] * (scale if (z >> top) < threshold else zero)
 
-        _KERNELS[parallel] = apply
+        _KERNELS[parallel] = keeping_torch_threads(apply)
     return _KERNELS[parallel]
 
 

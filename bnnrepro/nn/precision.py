@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..jit import keeping_torch_threads
 from ..quant.ste import sign_pm1, window_grad
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -181,7 +182,7 @@ def _kernels(parallel: bool):
             for i in numba.prange(bf16_bits.size):
                 out_float32_bits[i] = np.int32(bf16_bits[i]) << 16
 
-        _KERNELS[parallel] = (sign_operands, widen)
+        _KERNELS[parallel] = keeping_torch_threads(sign_operands), keeping_torch_threads(widen)
     return _KERNELS[parallel]
 
 
@@ -269,7 +270,9 @@ def linear(x: torch.Tensor, latent: torch.Tensor, weight_quantizer: nn.Module, b
     """The layer's ``F.linear(x, weight_quantizer(latent), bias)`` at its precision (``dtype`` None:
     fp32 as usual); ``input_scale``: the input is in {0, +-input_scale} (a training-mode dropout's
     output), not +-1."""
-    if dtype is None or x.dim() != 2:
+    # a weight quantizer swapped after configure() for one whose output is not +-1 (a robustness
+    # distortion, say) takes fp32 too: the node below would binarize its output
+    if dtype is None or x.dim() != 2 or not pm1_valued(weight_quantizer):
         return F.linear(x, weight_quantizer(latent), bias)
     if fuses_sign(weight_quantizer):
         out = PlusMinusOneLinear.apply(x, latent, weight_quantizer.clip, input_scale)

@@ -28,6 +28,7 @@ import math
 import numpy as np
 import torch
 
+from ..jit import keeping_torch_threads
 from ..quant import ap2
 
 
@@ -72,7 +73,7 @@ def _fused_kernel(parallel: bool = True):
                 q = hi if q > hi else q
                 p[i] = lo if q < lo else q
 
-        _KERNELS[parallel] = step
+        _KERNELS[parallel] = keeping_torch_threads(step)
     return _KERNELS[parallel]
 
 

@@ -18,6 +18,8 @@ import math
 import numpy as np
 import torch
 
+from ..jit import keeping_torch_threads
+
 
 def sign_pm1(x: torch.Tensor) -> torch.Tensor:
     """sign with sign(0) = +1 (-0.0 too); values are exactly +-1 in x's dtype; NaN gives -1, as the
@@ -55,7 +57,7 @@ def _sign_kernel(parallel: bool):
                 p = zero if p < zero else p
                 out[i] = 1.0 if u[i] < p else -1.0
 
-        _SIGN_KERNELS[parallel] = sign_into, stochastic_sign_into
+        _SIGN_KERNELS[parallel] = keeping_torch_threads(sign_into), keeping_torch_threads(stochastic_sign_into)
     return _SIGN_KERNELS[parallel]
 
 
