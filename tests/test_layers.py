@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bnnrepro"
 
 # bottom to top; a module may import its own layer's and lower layers' modules only
 LAYERS = [
-    {"bnnrepro", "bnnrepro.errors", "bnnrepro.timing"},
+    {"bnnrepro", "bnnrepro.errors", "bnnrepro.jit", "bnnrepro.timing"},
     {"bnnrepro.quant", "bnnrepro.runs", "bnnrepro.data"},
     {"bnnrepro.nn"},
     {"bnnrepro.models", "bnnrepro.optim"},
